@@ -1,0 +1,129 @@
+"""Uncertainty statistics and top-k selection (margin, entropy, least confidence).
+
+One pass over an N x C matrix of probabilities (or logits, with a numerically stable softmax
+computed on the fly): the statistic, the validation of every row and a streaming top-k happen
+together, with no sort of the pool and no float64 or softmax copy of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from . import _C
+from ._arrays import (
+    Outputs,
+    as_operand,
+    check_count,
+    check_float_matrix,
+    check_threads,
+    exclusion_mask,
+    resolve_device,
+)
+
+Kind = Literal["margin", "entropy", "least_confidence"]
+Device = Literal["auto", "cpu", "cuda"]
+
+_KINDS = {"margin": 0, "entropy": 1, "least_confidence": 2}
+_CHUNK_BYTES = 64 << 20
+
+
+def _kind_code(kind: str, n_classes: int) -> int:
+    if kind not in _KINDS:
+        raise ValueError(f"unknown uncertainty kind {kind!r}; expected one of {sorted(_KINDS)}")
+    if kind == "margin" and n_classes < 2:
+        raise ValueError(f"margin needs at least 2 classes, x has {n_classes}")
+    return _KINDS[kind]
+
+
+def scores(
+    x: Any,
+    kind: Kind,
+    *,
+    from_logits: bool = False,
+    validate: bool = True,
+    device: Device = "auto",
+    threads: Optional[int] = None,
+) -> Any:
+    """The raw uncertainty statistic of every row of ``x`` as float32 (N,).
+
+    Args:
+        x: N x C probabilities (each row in [0, 1], summing to 1 within 1e-3), or logits with
+            ``from_logits=True``. float16, bfloat16, float32 or float64; numpy array, numpy
+            memmap (streamed in chunks) or torch tensor (CPU or CUDA); any strides.
+        kind: ``"margin"`` (p(1) - p(2), the largest minus the second largest probability),
+            ``"entropy"`` (-sum p ln p, natural log, 0 ln 0 = 0) or ``"least_confidence"`` (max p).
+        from_logits: treat rows as logits; the softmax is computed stably (max-subtracted).
+        validate: check that probability rows lie in [0, 1] and sum to 1. NaN and Inf are
+            rejected regardless.
+        device: ``"auto"`` (where ``x`` lives), ``"cpu"`` or ``"cuda"``.
+        threads: CPU threads (None: all cores).
+
+    Returns:
+        float32 array of length N: numpy for numpy input, a torch tensor on x's device for
+        torch input.
+
+    Raises:
+        ValueError: wrong shape, unknown kind, or a row that is not valid (the first bad row is
+            named).
+        TypeError: unsupported dtype.
+    """
+    op = as_operand(x)
+    n, c = check_float_matrix(op)
+    code = _kind_code(kind, c)
+    nthreads = check_threads(threads)
+    use_cuda = resolve_device(device, op)
+    outputs = Outputs(op)
+    result, handle = outputs.empty(n, "float32")
+    if n:
+        _C.uncertainty(op.handle, code, bool(from_logits), bool(validate), None, handle, None, 0, nthreads,
+                       op.release_pages, _CHUNK_BYTES, use_cuda, outputs.cuda_stream())
+    return result
+
+
+def select_uncertain(
+    x: Any,
+    k: int,
+    kind: Kind = "margin",
+    *,
+    from_logits: bool = False,
+    exclude: Any = None,
+    validate: bool = True,
+    device: Device = "auto",
+    threads: Optional[int] = None,
+) -> Any:
+    """Indices of the ``k`` most uncertain rows of ``x``, most uncertain first.
+
+    Most uncertain means the smallest margin, the largest entropy or the smallest maximum
+    probability. The order is exactly that of :func:`scores` (float32); equal scores go to the
+    lower row index.
+
+    Args:
+        x: as for :func:`scores`.
+        k: how many rows to pick; 0 gives an empty result. Must not exceed the rows not excluded.
+        kind: as for :func:`scores`.
+        from_logits, validate, device, threads: as for :func:`scores`.
+        exclude: rows that may not be picked (e.g. already labelled): a bool mask of length N or
+            an array of row indices in [0, N). Excluded rows are not read.
+
+    Returns:
+        int64 array of length k: numpy for numpy input, a torch tensor on x's device for torch
+        input.
+    """
+    op = as_operand(x)
+    n, c = check_float_matrix(op)
+    code = _kind_code(kind, c)
+    k = check_count(k)
+    nthreads = check_threads(threads)
+    use_cuda = resolve_device(device, op)
+    mask, excluded = exclusion_mask(exclude, n, op)
+    if k > n - excluded:
+        raise ValueError(f"k={k} is larger than the {n - excluded} rows that may be picked "
+                         f"({n} rows, {excluded} excluded)")
+    outputs = Outputs(op)
+    result, handle = outputs.empty(k, "int64")
+    if k == 0:
+        return result
+    mask_handle = mask[0] if isinstance(mask, tuple) else mask
+    _C.uncertainty(op.handle, code, bool(from_logits), bool(validate), mask_handle, None, handle, k, nthreads,
+                   op.release_pages, _CHUNK_BYTES, use_cuda, outputs.cuda_stream())
+    return result

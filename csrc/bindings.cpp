@@ -1,0 +1,248 @@
+// The private compiled module asvp_fast._C: turns Python arrays into ArrayViews, checks what the
+// kernels cannot, releases the GIL and calls the CPU or CUDA entry points. The typed public API
+// lives in the Python package.
+#include <omp.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "array_view.h"
+#include "cpu_features.h"
+#include "cuda_runtime_info.h"
+#include "dlpack_abi.h"
+#include "uncertainty.h"
+
+namespace py = pybind11;
+
+namespace asvp {
+namespace {
+
+std::string format_number(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+DType numpy_dtype(const py::dtype& dt, const std::string& what) {
+  const std::string name = py::str(dt.attr("name"));
+  if (dt.byteorder() == '>') throw py::type_error(what + " has non-native byte order " + name);
+  if (name == "bfloat16") return DType::BFloat16;
+  switch (dt.kind()) {
+    case 'f':
+      if (dt.itemsize() == 2) return DType::Float16;
+      if (dt.itemsize() == 4) return DType::Float32;
+      if (dt.itemsize() == 8) return DType::Float64;
+      break;
+    case 'b': return DType::Bool;
+    case 'u':
+      if (dt.itemsize() == 1) return DType::UInt8;
+      break;
+    case 'i':
+      if (dt.itemsize() == 8) return DType::Int64;
+      break;
+    default: break;
+  }
+  throw py::type_error(what + " has unsupported dtype " + name);
+}
+
+DType dlpack_dtype(const dlpack::DataType& t, const std::string& what) {
+  if (t.lanes == 1) {
+    if (t.code == dlpack::kFloat && t.bits == 16) return DType::Float16;
+    if (t.code == dlpack::kFloat && t.bits == 32) return DType::Float32;
+    if (t.code == dlpack::kFloat && t.bits == 64) return DType::Float64;
+    if (t.code == dlpack::kBfloat && t.bits == 16) return DType::BFloat16;
+    if (t.code == dlpack::kBool && t.bits == 8) return DType::Bool;
+    if (t.code == dlpack::kUInt && t.bits == 8) return DType::UInt8;
+    if (t.code == dlpack::kInt && t.bits == 64) return DType::Int64;
+  }
+  throw py::type_error(what + " has an unsupported DLPack dtype (code " + std::to_string(t.code) + ", " +
+                       std::to_string(t.bits) + " bits)");
+}
+
+ArrayView view_of_numpy(const py::array& a, const std::string& what, bool writable) {
+  if (a.ndim() > 2) throw py::value_error(what + " must have at most 2 dimensions, got " + std::to_string(a.ndim()));
+  if (writable && !a.writeable()) throw py::value_error(what + " is read-only");
+  ArrayView v;
+  v.dtype = numpy_dtype(a.dtype(), what);
+  v.ndim = static_cast<int>(a.ndim());
+  v.data = const_cast<void*>(a.data());
+  const int64_t item = a.itemsize();
+  if (reinterpret_cast<uintptr_t>(v.data) % static_cast<uintptr_t>(item) != 0)
+    throw py::value_error(what + " is not aligned to its element size; pass a copy (numpy.ascontiguousarray)");
+  for (int d = 0; d < v.ndim; ++d) {
+    v.shape[d] = a.shape(d);
+    if (a.strides(d) % item != 0)
+      throw py::value_error(what + " has strides that are not a multiple of its element size; pass a copy");
+    v.strides[d] = a.strides(d) / item;
+  }
+  return v;
+}
+
+// Keeps the DLPack capsules of one call alive until the kernel has finished with them.
+struct Keepalive {
+  std::vector<py::object> objects;
+};
+
+ArrayView view_of_dlpack(const py::capsule& cap, const std::string& what, Keepalive& keep) {
+  const char* name = PyCapsule_GetName(cap.ptr());
+  const dlpack::Tensor* t = nullptr;
+  if (name && std::string(name) == "dltensor") {
+    t = &static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), name))->dl_tensor;
+  } else if (name && std::string(name) == "dltensor_versioned") {
+    t = &static_cast<dlpack::ManagedTensorVersioned*>(PyCapsule_GetPointer(cap.ptr(), name))->dl_tensor;
+  } else {
+    throw py::type_error(what + ": capsule is not an unused DLPack tensor");
+  }
+  keep.objects.push_back(cap);
+  if (t->ndim > 2) throw py::value_error(what + " must have at most 2 dimensions, got " + std::to_string(t->ndim));
+  ArrayView v;
+  v.dtype = dlpack_dtype(t->dtype, what);
+  v.ndim = t->ndim;
+  v.data = static_cast<char*>(t->data) + t->byte_offset;
+  switch (t->device.device_type) {
+    case dlpack::kCPU:
+    case dlpack::kCUDAHost: v.device = DeviceKind::CPU; break;
+    case dlpack::kCUDA:
+    case dlpack::kCUDAManaged: v.device = DeviceKind::CUDA; break;
+    default: throw py::value_error(what + " lives on an unsupported device type " + std::to_string(t->device.device_type));
+  }
+  v.device_id = t->device.device_id;
+  int64_t compact = 1;
+  for (int d = v.ndim - 1; d >= 0; --d) {
+    v.shape[d] = t->shape[d];
+    v.strides[d] = t->strides ? t->strides[d] : compact;
+    compact *= t->shape[d];
+  }
+  return v;
+}
+
+ArrayView to_view(const py::handle& obj, const std::string& what, Keepalive& keep, bool writable = false) {
+  if (obj.is_none()) return ArrayView{};
+  if (py::isinstance<py::array>(obj)) return view_of_numpy(py::reinterpret_borrow<py::array>(obj), what, writable);
+  if (py::isinstance<py::capsule>(obj)) return view_of_dlpack(py::reinterpret_borrow<py::capsule>(obj), what, keep);
+  throw py::type_error(what + " must be a numpy array or a DLPack capsule");
+}
+
+std::string describe(const RowError& e) {
+  const std::string row = "row " + std::to_string(e.row) + " of x";
+  switch (e.problem) {
+    case RowProblem::NonFinite: return row + " contains NaN or Inf";
+    case RowProblem::OutOfRange:
+      return row + " is not a probability vector: its values range from " + format_number(e.min) + " to " +
+             format_number(e.max) + ", outside [0, 1] (pass from_logits=True for logits, or validate=False to skip this check)";
+    case RowProblem::BadSum:
+      return row + " sums to " + format_number(e.sum) +
+             ", not 1 within 1e-3 (pass from_logits=True for logits, or validate=False to skip this check)";
+    default: return row + " is invalid";
+  }
+}
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw py::value_error(message);
+}
+
+void check_vector(const ArrayView& v, int64_t length, std::initializer_list<DType> dtypes, const std::string& what,
+                  const ArrayView& x) {
+  if (v.empty()) return;
+  require(v.ndim == 1, what + " must be 1-dimensional");
+  require(v.shape[0] == length, what + " has length " + std::to_string(v.shape[0]) + ", expected " + std::to_string(length));
+  bool dtype_ok = false;
+  for (DType d : dtypes) dtype_ok = dtype_ok || v.dtype == d;
+  if (!dtype_ok) throw py::type_error(what + " has dtype " + std::string(dtype_name(v.dtype)));
+  require(v.device == x.device && (v.device == DeviceKind::CPU || v.device_id == x.device_id),
+          what + " must be on the same device as x");
+}
+
+void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool validate, const py::object& exclude_obj,
+                     const py::object& scores_obj, const py::object& indices_obj, int64_t k, int threads,
+                     bool release_pages, int64_t chunk_bytes, bool use_cuda, uintptr_t stream) {
+  Keepalive keep;
+  UncertaintyParams p;
+  p.x = to_view(x_obj, "x", keep);
+  p.exclude = to_view(exclude_obj, "exclude", keep);
+  p.scores_out = to_view(scores_obj, "scores output", keep, true);
+  p.indices_out = to_view(indices_obj, "indices output", keep, true);
+  require(p.x.ndim == 2, "x must be 2-dimensional (N samples x C classes), got " + std::to_string(p.x.ndim) + " dimensions");
+  require(kind >= 0 && kind <= 2, "unknown statistic kind");
+  const DType t = p.x.dtype;
+  if (t != DType::Float16 && t != DType::BFloat16 && t != DType::Float32 && t != DType::Float64)
+    throw py::type_error(std::string("x must be float16, bfloat16, float32 or float64, got ") + dtype_name(t));
+  const int64_t N = p.x.rows();
+  check_vector(p.exclude, N, {DType::Bool, DType::UInt8}, "exclude mask", p.x);
+  check_vector(p.scores_out, N, {DType::Float32}, "scores output", p.x);
+  check_vector(p.indices_out, k, {DType::Int64}, "indices output", p.x);
+  require(k >= 0 && k <= N, "k must lie in [0, N]");
+  require(p.x.cols() >= 1, "x must have at least one class (column)");
+  p.kind = static_cast<Kind>(kind);
+  p.from_logits = from_logits;
+  p.validate = validate;
+  p.k = k;
+  p.threads = threads;
+  p.release_pages = release_pages;
+  p.chunk_bytes = chunk_bytes > 0 ? chunk_bytes : p.chunk_bytes;
+  p.cuda_stream = stream;
+  if (!use_cuda) require(p.x.device == DeviceKind::CPU, "x is on a CUDA device; use the CUDA path");
+
+#if !defined(ASVP_WITH_CUDA)
+  require(!use_cuda, "this build of asvp_fast has no CUDA kernels");
+#endif
+
+  RowError error;
+  {
+    py::gil_scoped_release nogil;
+#if defined(ASVP_WITH_CUDA)
+    if (use_cuda) uncertainty_cuda(p, error);
+    else uncertainty_cpu(p, error);
+#else
+    uncertainty_cpu(p, error);
+#endif
+  }
+  if (error.row >= 0) throw py::value_error(describe(error));
+}
+
+py::dict build_info() {
+  py::dict d;
+#if defined(ASVP_WITH_CUDA)
+  d["cuda_compiled"] = true;
+#else
+  d["cuda_compiled"] = false;
+#endif
+  std::string why;
+  d["cuda_devices"] = cuda_device_count(&why);
+  d["cuda_status"] = why;
+  d["cuda_runtime_version"] = cuda_runtime_version();
+  d["openmp_threads"] = omp_get_max_threads();
+  d["isa"] = std::string(isa_name(active_isa()));
+  d["supported_isas"] = supported_isas();
+#if defined(ASVP_CUDA_ARCHITECTURES)
+  d["cuda_architectures"] = std::string(ASVP_CUDA_ARCHITECTURES);
+#endif
+  return d;
+}
+
+}  // namespace
+
+#if !defined(ASVP_WITH_CUDA)
+int cuda_device_count(std::string* why) {
+  if (why) *why = "built without CUDA";
+  return 0;
+}
+int cuda_runtime_version() { return 0; }
+#endif
+
+}  // namespace asvp
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "asvp_fast compiled kernels (private; use the asvp_fast package)";
+  m.def("build_info", &asvp::build_info, "Compile-time and run-time facts about the kernels.");
+  m.def("set_isa", &asvp::set_active_isa, py::arg("name"), "Select the CPU kernel variant (base, avx2, avx512).");
+  m.def("uncertainty", &asvp::run_uncertainty, py::arg("x"), py::arg("kind"), py::arg("from_logits"),
+        py::arg("validate"), py::arg("exclude"), py::arg("scores_out"), py::arg("indices_out"), py::arg("k"),
+        py::arg("threads"), py::arg("release_pages"), py::arg("chunk_bytes"), py::arg("use_cuda"),
+        py::arg("stream"),
+        "Score every row and/or select the k most uncertain rows. Outputs are written in place.");
+}

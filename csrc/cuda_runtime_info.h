@@ -1,0 +1,15 @@
+// What the CUDA runtime reports, callable whether or not the extension was built with CUDA.
+#pragma once
+
+#include <string>
+
+namespace asvp {
+
+// Number of usable CUDA devices; 0 (with the runtime's reason in *why) when there is no driver
+// or no device, which is an ordinary situation, not an error.
+int cuda_device_count(std::string* why);
+
+// CUDA runtime version the extension was compiled against (e.g. 13000), 0 without CUDA.
+int cuda_runtime_version();
+
+}  // namespace asvp

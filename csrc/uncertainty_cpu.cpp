@@ -1,0 +1,244 @@
+// CPU kernels for uncertainty scoring and top-k selection.
+//
+// This file is compiled once per instruction-set level (ASVP_ISA_NAMESPACE names the variant);
+// cpu_features.cpp picks one at run time. One pass over the input: each row is read from memory
+// once (copied to a small thread-local buffer only when it must be converted or gathered) and
+// reduced with the shared math of uncertainty_math.h; a bounded heap per thread keeps the best k.
+#include <omp.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <type_traits>
+#include <vector>
+
+#include "topk.h"
+#include "uncertainty.h"
+
+#ifndef ASVP_ISA_NAMESPACE
+#error "ASVP_ISA_NAMESPACE must name the instruction-set variant being compiled"
+#endif
+
+namespace asvp {
+namespace ASVP_ISA_NAMESPACE {
+namespace {
+
+// Partial accumulators per row. Element c always goes to lane c % kLanes and lanes merge in a
+// fixed order, so a row's result does not depend on its address or on the thread that read it:
+// duplicated rows get bit-identical scores, which the tie rule relies on.
+constexpr int kLanes = 16;
+
+template <class A>
+struct Lanes {
+  A max1[kLanes], max2[kLanes], min[kLanes], sum[kLanes], aux[kLanes], nonfinite[kLanes];
+
+  Lanes() {
+    const RowStats<A> id = row_stats_identity<A>();
+    for (int j = 0; j < kLanes; ++j) {
+      max1[j] = id.max1; max2[j] = id.max2; min[j] = id.min;
+      sum[j] = id.sum; aux[j] = id.aux; nonfinite[j] = id.nonfinite;
+    }
+  }
+
+  RowStats<A> merged() const {
+    RowStats<A> total = row_stats_identity<A>();
+    for (int j = 0; j < kLanes; ++j) {
+      const RowStats<A> lane{max1[j], max2[j], min[j], sum[j], aux[j], nonfinite[j]};
+      merge_row_stats(total, lane);
+    }
+    return total;
+  }
+};
+
+// The per-element updates below are the SoA spelling of push_probability / push_logit_pass*
+// from uncertainty_math.h, kept element-for-element identical so the compiler can vectorise
+// across lanes.
+template <class A, bool Entropy>
+RowStats<A> reduce_probability_row(const A* v, int64_t C) {
+  Lanes<A> l;
+  int64_t c = 0;
+  auto push = [&](int j, A p) {
+    top2_push(l.max1[j], l.max2[j], p);
+    l.min[j] = min_of(l.min[j], p);
+    l.sum[j] += p;
+    l.nonfinite[j] += nonfinite_term(p);
+    if (Entropy) l.aux[j] += xlogx(p);
+  };
+  for (; c + kLanes <= C; c += kLanes)
+    for (int j = 0; j < kLanes; ++j) push(j, v[c + j]);
+  for (int j = 0; c + j < C; ++j) push(j, v[c + j]);
+  return l.merged();
+}
+
+template <class A>
+RowStats<A> reduce_logit_row_pass1(const A* v, int64_t C) {
+  Lanes<A> l;
+  int64_t c = 0;
+  auto push = [&](int j, A z) {
+    top2_push(l.max1[j], l.max2[j], z);
+    l.nonfinite[j] += nonfinite_term(z);
+  };
+  for (; c + kLanes <= C; c += kLanes)
+    for (int j = 0; j < kLanes; ++j) push(j, v[c + j]);
+  for (int j = 0; c + j < C; ++j) push(j, v[c + j]);
+  return l.merged();
+}
+
+template <class A, bool Entropy>
+void reduce_logit_row_pass2(const A* v, int64_t C, RowStats<A>& s) {
+  Lanes<A> l;
+  const A m = s.max1;
+  int64_t c = 0;
+  auto push = [&](int j, A z) {
+    const A d = z - m;
+    const A e = exp_approx(d);
+    l.sum[j] += e;
+    if (Entropy) l.aux[j] += e * d;
+  };
+  for (; c + kLanes <= C; c += kLanes)
+    for (int j = 0; j < kLanes; ++j) push(j, v[c + j]);
+  for (int j = 0; c + j < C; ++j) push(j, v[c + j]);
+  const RowStats<A> t = l.merged();
+  s.sum = t.sum;
+  s.aux = t.aux;
+}
+
+template <class A>
+struct RowResult {
+  float statistic;
+  RowProblem problem;
+  RowStats<A> stats;
+};
+
+template <class A>
+RowResult<A> evaluate_row(const A* v, int64_t C, Kind kind, bool from_logits, bool validate) {
+  const bool entropy = kind == Kind::Entropy;
+  RowResult<A> r{};
+  if (!from_logits) {
+    r.stats = entropy ? reduce_probability_row<A, true>(v, C) : reduce_probability_row<A, false>(v, C);
+    r.problem = check_probability_row(r.stats, validate);
+    if (r.problem == RowProblem::None) r.statistic = statistic_from_probabilities(r.stats, kind);
+    return r;
+  }
+  r.stats = reduce_logit_row_pass1(v, C);
+  r.problem = check_logit_row(r.stats);
+  if (r.problem != RowProblem::None) return r;
+  if (entropy) reduce_logit_row_pass2<A, true>(v, C, r.stats);
+  else reduce_logit_row_pass2<A, false>(v, C, r.stats);
+  r.statistic = statistic_from_logits(r.stats, kind);
+  return r;
+}
+
+// Returns a pointer to the row as contiguous accumulation-type values: the row itself when it
+// already is, else a converted/gathered copy in `buffer` (C elements, stays in L1/L2).
+template <class T, class A>
+const A* load_row(const T* row, int64_t C, int64_t col_stride, A* buffer) {
+  if constexpr (std::is_same<T, A>::value) {
+    if (col_stride == 1) return row;
+  }
+  if (col_stride == 1) {
+    for (int64_t c = 0; c < C; ++c) buffer[c] = to_acc<A>(row[c]);
+  } else {
+    for (int64_t c = 0; c < C; ++c) buffer[c] = to_acc<A>(row[c * col_stride]);
+  }
+  return buffer;
+}
+
+bool mask_is_set(const ArrayView& mask, int64_t r) {
+  return static_cast<const uint8_t*>(mask.data)[r * mask.strides[0]] != 0;
+}
+
+// madvise on the whole pages inside [begin, end).
+void advise_pages(const void* begin, const void* end, int advice) {
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  uintptr_t lo = (reinterpret_cast<uintptr_t>(begin) + page - 1) & ~(page - 1);
+  uintptr_t hi = reinterpret_cast<uintptr_t>(end) & ~(page - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, advice);
+}
+
+template <class T>
+void run_uncertainty(const UncertaintyParams& p, RowError& error) {
+  using A = typename acc_of<T>::type;
+  const ArrayView& x = p.x;
+  const int64_t N = x.rows(), C = x.cols();
+  const int64_t row_stride = x.strides[0], col_stride = x.ndim == 2 ? x.strides[1] : 1;
+  const T* base = static_cast<const T*>(x.data);
+  const int threads = p.threads > 0 ? p.threads : omp_get_max_threads();
+  const bool want_topk = p.k > 0 && !p.indices_out.empty();
+  float* scores = static_cast<float*>(p.scores_out.data);
+  const int64_t scores_stride = p.scores_out.empty() ? 0 : p.scores_out.strides[0];
+
+  // Rows per chunk: bounded bytes per chunk, so pages of a memory-mapped file can be released
+  // behind the scan and prefetched ahead of it.
+  const int64_t row_bytes = std::max<int64_t>(1, std::abs(row_stride) * static_cast<int64_t>(sizeof(T)));
+  const int64_t chunk_rows = std::max<int64_t>(1, p.chunk_bytes / row_bytes);
+  const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(1024, chunk_rows / (int64_t(threads) * 8)));
+  const bool advise = x.ndim == 2 && row_stride > 0 && col_stride >= 0;
+
+  std::atomic<int64_t> first_bad{LLONG_MAX};
+  std::vector<BoundedTopK> heaps(static_cast<size_t>(threads), BoundedTopK(want_topk ? p.k : 0));
+
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<A> buffer(static_cast<size_t>(C));
+    BoundedTopK& heap = heaps[static_cast<size_t>(omp_get_thread_num())];
+    heap.reserve(p.k);
+    for (int64_t start = 0; start < N; start += chunk_rows) {
+      const int64_t stop = std::min(N, start + chunk_rows);
+      if (advise && stop < N) {
+#pragma omp single nowait
+        advise_pages(base + stop * row_stride, base + std::min(N, stop + chunk_rows) * row_stride, MADV_WILLNEED);
+      }
+#pragma omp for schedule(dynamic, grain)
+      for (int64_t r = start; r < stop; ++r) {
+        if (r > first_bad.load(std::memory_order_relaxed)) continue;
+        if (!p.exclude.empty() && mask_is_set(p.exclude, r)) continue;
+        const A* row = load_row<T, A>(base + r * row_stride, C, col_stride, buffer.data());
+        const RowResult<A> res = evaluate_row(row, C, p.kind, p.from_logits, p.validate);
+        if (res.problem != RowProblem::None) {
+#pragma omp critical(asvp_row_error)
+          if (error.row < 0 || r < error.row) {
+            error.row = r;
+            error.problem = res.problem;
+            error.min = static_cast<double>(res.stats.min);
+            error.max = static_cast<double>(res.stats.max1);
+            error.sum = static_cast<double>(res.stats.sum);
+            first_bad.store(r, std::memory_order_relaxed);
+          }
+          continue;
+        }
+        if (scores) scores[r * scores_stride] = res.statistic;
+        if (want_topk) heap.offer(uncertainty_key(p.kind, res.statistic), r);
+      }
+      // The implicit barrier above means every thread is done with this chunk.
+      if (advise && p.release_pages) {
+#pragma omp single nowait
+        advise_pages(base + start * row_stride, base + stop * row_stride, MADV_DONTNEED);
+      }
+    }
+  }
+  if (error.row >= 0 || !want_topk) return;
+
+  std::vector<Candidate> all;
+  for (BoundedTopK& h : heaps) all.insert(all.end(), h.items().begin(), h.items().end());
+  const std::vector<Candidate> best = best_k(std::move(all), p.k);
+  int64_t* out = static_cast<int64_t*>(p.indices_out.data);
+  for (size_t i = 0; i < best.size(); ++i) out[static_cast<int64_t>(i) * p.indices_out.strides[0]] = best[i].index;
+}
+
+}  // namespace
+
+void uncertainty_cpu_kernel(const UncertaintyParams& p, RowError& error) {
+  switch (p.x.dtype) {
+    case DType::Float16: return run_uncertainty<half_bits>(p, error);
+    case DType::BFloat16: return run_uncertainty<bf16_bits>(p, error);
+    case DType::Float32: return run_uncertainty<float>(p, error);
+    case DType::Float64: return run_uncertainty<double>(p, error);
+    default: break;
+  }
+}
+
+}  // namespace ASVP_ISA_NAMESPACE
+}  // namespace asvp
