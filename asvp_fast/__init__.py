@@ -5,6 +5,15 @@ The public API is described in API.md; everything not listed in ``__all__`` is p
 
 from __future__ import annotations
 
+try:
+    from . import _C  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on how the package was imported
+    raise ImportError(
+        "asvp_fast's compiled module _C is missing. Install the package (pip install .) and make sure "
+        "the source checkout is not shadowing it: run tests with `pytest`, not `python -m pytest`, "
+        "from the repository root."
+    ) from exc
+
 from ._backends import backends
 from .uncertainty import scores, select_uncertain
 

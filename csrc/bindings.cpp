@@ -136,7 +136,8 @@ std::string describe(const RowError& e) {
              format_number(e.max) + ", outside [0, 1] (pass from_logits=True for logits, or validate=False to skip this check)";
     case RowProblem::BadSum:
       return row + " sums to " + format_number(e.sum) +
-             ", not 1 within 1e-3 (pass from_logits=True for logits, or validate=False to skip this check)";
+             ", not 1 within " + format_number(e.tolerance) +
+             " (pass from_logits=True for logits, or validate=False to skip this check)";
     default: return row + " is invalid";
   }
 }
@@ -180,6 +181,7 @@ void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool v
   p.kind = static_cast<Kind>(kind);
   p.from_logits = from_logits;
   p.validate = validate;
+  p.sum_tolerance = default_sum_tolerance(p.x.dtype);
   p.k = k;
   p.threads = threads;
   p.release_pages = release_pages;
@@ -201,6 +203,7 @@ void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool v
     uncertainty_cpu(p, error);
 #endif
   }
+  error.tolerance = p.sum_tolerance;
   if (error.row >= 0) throw py::value_error(describe(error));
 }
 

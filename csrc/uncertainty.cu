@@ -69,6 +69,7 @@ struct RowKernelArgs {
   int64_t rows, cols, row_stride, col_stride, row_offset;
   Kind kind;
   bool from_logits, validate;
+  double sum_tolerance;
   const uint8_t* exclude;   // indexed by global row, or null
   int64_t exclude_stride;
   float* scores;            // indexed by global row, or null
@@ -112,7 +113,7 @@ __global__ void __launch_bounds__(kRowThreads) row_statistics_kernel(RowKernelAr
       else push_probability(s, v, entropy);
     }
     warp_merge(s);
-    const RowProblem problem = a.from_logits ? check_logit_row(s) : check_probability_row(s, a.validate);
+    const RowProblem problem = a.from_logits ? check_logit_row(s) : check_probability_row(s, a.validate, static_cast<A>(a.sum_tolerance));
     if (problem != RowProblem::None) {
       if (lane == 0) {
         atomicMin(a.first_bad, static_cast<unsigned long long>(g));
@@ -291,6 +292,7 @@ void run_on_device(const UncertaintyParams& p, RowError& error) {
   a.kind = p.kind;
   a.from_logits = p.from_logits;
   a.validate = p.validate;
+  a.sum_tolerance = p.sum_tolerance;
   a.exclude = exclude_staging.size() ? exclude_staging.get() : static_cast<const uint8_t*>(p.exclude.data);
   a.exclude_stride = exclude_staging.size() ? 1 : p.exclude.strides[0];
   a.scores = scores_on_host ? scores_staging.get() : static_cast<float*>(p.scores_out.data);

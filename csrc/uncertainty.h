@@ -14,6 +14,7 @@ struct UncertaintyParams {
   Kind kind = Kind::Margin;
   bool from_logits = false;
   bool validate = true;     // check probability rows lie in [0, 1] and sum to 1 (finiteness is always checked)
+  double sum_tolerance = 1e-3;  // |sum - 1| allowed for a probability row
   ArrayView exclude;        // optional (N,) bool/uint8 mask of rows that may not be picked
   ArrayView scores_out;     // optional (N,) float32: the statistic of every row
   ArrayView indices_out;    // optional (k,) int64: the k most uncertain rows, most uncertain first
@@ -24,11 +25,16 @@ struct UncertaintyParams {
   uintptr_t cuda_stream = 0;    // CUDA path: the caller's stream (0: the legacy default stream)
 };
 
+// |row sum - 1| accepted for probabilities stored as `dtype`: 1e-3, or bfloat16's machine
+// epsilon (2^-7), since rounding each probability to bfloat16 alone can move the sum by 2^-9.
+inline double default_sum_tolerance(DType dtype) { return dtype == DType::BFloat16 ? 0.0078125 : 1e-3; }
+
 // The first row that failed validation, with what is wrong with it.
 struct RowError {
   int64_t row = -1;
   RowProblem problem = RowProblem::None;
   double min = 0, max = 0, sum = 0;
+  double tolerance = 0;  // the sum tolerance in force
 };
 
 // CPU path: runs the best SIMD variant this processor supports (see cpu_features.h).

@@ -6,6 +6,9 @@
 // reduced with the shared math of uncertainty_math.h; a bounded heap per thread keeps the best k.
 #include <omp.h>
 #include <sys/mman.h>
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
 #include <unistd.h>
 
 #include <algorithm>
@@ -113,12 +116,12 @@ struct RowResult {
 };
 
 template <class A>
-RowResult<A> evaluate_row(const A* v, int64_t C, Kind kind, bool from_logits, bool validate) {
+RowResult<A> evaluate_row(const A* v, int64_t C, Kind kind, bool from_logits, bool validate, A sum_tolerance) {
   const bool entropy = kind == Kind::Entropy;
   RowResult<A> r{};
   if (!from_logits) {
     r.stats = entropy ? reduce_probability_row<A, true>(v, C) : reduce_probability_row<A, false>(v, C);
-    r.problem = check_probability_row(r.stats, validate);
+    r.problem = check_probability_row(r.stats, validate, sum_tolerance);
     if (r.problem == RowProblem::None) r.statistic = statistic_from_probabilities(r.stats, kind);
     return r;
   }
@@ -138,6 +141,18 @@ const A* load_row(const T* row, int64_t C, int64_t col_stride, A* buffer) {
   if constexpr (std::is_same<T, A>::value) {
     if (col_stride == 1) return row;
   }
+#if defined(__F16C__)
+  // The hardware conversion is exact, like half_to_float, but one instruction per 8 values.
+  if constexpr (std::is_same<T, half_bits>::value && std::is_same<A, float>::value) {
+    if (col_stride == 1) {
+      int64_t c = 0;
+      for (; c + 8 <= C; c += 8)
+        _mm256_storeu_ps(buffer + c, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c))));
+      for (; c < C; ++c) buffer[c] = half_to_float(row[c].bits);
+      return buffer;
+    }
+  }
+#endif
   if (col_stride == 1) {
     for (int64_t c = 0; c < C; ++c) buffer[c] = to_acc<A>(row[c]);
   } else {
@@ -196,7 +211,7 @@ void run_uncertainty(const UncertaintyParams& p, RowError& error) {
         if (r > first_bad.load(std::memory_order_relaxed)) continue;
         if (!p.exclude.empty() && mask_is_set(p.exclude, r)) continue;
         const A* row = load_row<T, A>(base + r * row_stride, C, col_stride, buffer.data());
-        const RowResult<A> res = evaluate_row(row, C, p.kind, p.from_logits, p.validate);
+        const RowResult<A> res = evaluate_row(row, C, p.kind, p.from_logits, p.validate, static_cast<A>(p.sum_tolerance));
         if (res.problem != RowProblem::None) {
 #pragma omp critical(asvp_row_error)
           if (error.row < 0 || r < error.row) {
