@@ -14,6 +14,7 @@
 #include "cpu_features.h"
 #include "cuda_runtime_info.h"
 #include "dlpack_abi.h"
+#include "memory_probe.h"
 #include "uncertainty.h"
 
 namespace py = pybind11;
@@ -239,9 +240,22 @@ int cuda_runtime_version() { return 0; }
 
 }  // namespace asvp
 
+namespace asvp {
+namespace {
+double read_sum(const py::array_t<float, py::array::c_style>& a, int threads) {
+  const float* data = a.data();
+  const int64_t n = a.size();
+  py::gil_scoped_release nogil;
+  return parallel_read_sum(data, n, threads);
+}
+}  // namespace
+}  // namespace asvp
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "asvp_fast compiled kernels (private; use the asvp_fast package)";
   m.def("build_info", &asvp::build_info, "Compile-time and run-time facts about the kernels.");
+  m.def("read_sum", &asvp::read_sum, py::arg("a"), py::arg("threads") = 0,
+        "Sum of a contiguous float32 array read by all threads (a memory read-bandwidth probe).");
   m.def("set_isa", &asvp::set_active_isa, py::arg("name"), "Select the CPU kernel variant (base, avx2, avx512).");
   m.def("uncertainty", &asvp::run_uncertainty, py::arg("x"), py::arg("kind"), py::arg("from_logits"),
         py::arg("validate"), py::arg("exclude"), py::arg("scores_out"), py::arg("indices_out"), py::arg("k"),

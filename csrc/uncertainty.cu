@@ -311,7 +311,7 @@ void run_on_device(const UncertaintyParams& p, RowError& error) {
     check_cuda(cudaGetLastError(), "row_statistics_kernel");
   } else {
     // Host input (e.g. a memory-mapped file): stream row chunks through a device staging buffer.
-    if (C > 1 && x.strides[1] != 1)
+    if ((C > 1 && x.strides[1] != 1) || x.strides[0] < C)
       throw std::invalid_argument("the CUDA path needs host input with contiguous rows; use device='cpu' or pass a contiguous array");
     const int64_t row_bytes = C * static_cast<int64_t>(sizeof(T));
     const int64_t chunk_rows = std::max<int64_t>(1, p.chunk_bytes / row_bytes);

@@ -1,0 +1,20 @@
+from typing import Any, Dict
+
+def build_info() -> Dict[str, Any]: ...
+def set_isa(name: str) -> None: ...
+def read_sum(a: Any, threads: int = 0) -> float: ...
+def uncertainty(
+    x: Any,
+    kind: int,
+    from_logits: bool,
+    validate: bool,
+    exclude: Any,
+    scores_out: Any,
+    indices_out: Any,
+    k: int,
+    threads: int,
+    release_pages: bool,
+    chunk_bytes: int,
+    use_cuda: bool,
+    stream: int,
+) -> None: ...

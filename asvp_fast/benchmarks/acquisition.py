@@ -1,0 +1,267 @@
+"""Acquisition benchmark: our fused kernels against reference implementations, in one run.
+
+For each case it measures, in the same process and on the same data:
+  * the machine's read bandwidth (all threads summing a large float32 array),
+  * asvp_fast.select_uncertain (one fused pass: statistic + validation + streaming top-k),
+  * "numpy-sort": the style of most active-learning libraries — full per-row sort, the
+    statistic, then a full argsort of the pool,
+  * "torch-topk": torch.topk per row (or softmax + entropy for logits), then torch.topk over
+    the pool,
+and reports seconds, GB/s of input read, the fraction of the measured bandwidth, our speed-up
+over each reference and the peak extra resident memory of each method.
+
+Run: ``asvp-fast bench`` (or ``python bench/acquisition.py``); ``--quick`` for small sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import numpy as np
+
+import asvp_fast as af
+from asvp_fast import _C
+
+
+@dataclass
+class Case:
+    name: str
+    n: int
+    c: int
+    dtype: str  # "float32" or "float16"
+    from_logits: bool
+    kind: str
+    k: int
+
+
+FULL_CASES = [
+    Case("margin top-1000, 1M x 1000 float32 probabilities", 1_000_000, 1000, "float32", False, "margin", 1000),
+    Case("entropy top-1000, 1M x 1000 float16 logits", 1_000_000, 1000, "float16", True, "entropy", 1000),
+    Case("margin top-1000, 1M x 1000 float16 logits", 1_000_000, 1000, "float16", True, "margin", 1000),
+    Case("margin top-1000, 100k x 100 float32 probabilities", 100_000, 100, "float32", False, "margin", 1000),
+]
+QUICK_CASES = [
+    Case("margin top-1000, 100k x 1000 float32 probabilities", 100_000, 1000, "float32", False, "margin", 1000),
+    Case("entropy top-1000, 100k x 1000 float16 logits", 100_000, 1000, "float16", True, "entropy", 1000),
+    Case("margin top-1000, 100k x 100 float32 probabilities", 100_000, 100, "float32", False, "margin", 1000),
+]
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry, sampled every millisecond."""
+
+    def __init__(self) -> None:
+        try:
+            import psutil
+        except ImportError as exc:
+            raise SystemExit("the benchmark needs psutil to measure memory: pip install 'asvp-fast[bench]'") from exc
+
+        self._process = psutil.Process()
+        self.peak_extra = 0
+
+    def __enter__(self) -> "PeakMemory":
+        self._base = self._process.memory_info().rss
+        self._peak = self._base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self._process.memory_info().rss)
+            time.sleep(0.001)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._process.memory_info().rss)
+        self.peak_extra = self._peak - self._base
+
+
+def measure(fn: Callable[[], object], repeat: int) -> tuple:
+    """Best wall time over `repeat` runs (after one warm-up) and the peak extra memory of a run."""
+    fn()
+    with PeakMemory() as mem:
+        result = fn()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best, mem.peak_extra, result
+
+
+def read_bandwidth(threads: int, nbytes: int = 2 << 30, repeat: int = 5) -> float:
+    a = np.ones(nbytes // 4, dtype=np.float32)
+    _C.read_sum(a, threads)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        _C.read_sum(a, threads)
+        best = min(best, time.perf_counter() - start)
+    return a.nbytes / best
+
+
+def make_data(case: Case, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.empty((case.n, case.c), dtype=case.dtype)
+    for start in range(0, case.n, 50_000):  # in blocks: no float64 copy of the whole pool
+        block = rng.random((min(50_000, case.n - start), case.c), dtype=np.float32)
+        if case.from_logits:
+            block = (block - 0.5) * 12.0
+        else:
+            block **= 4  # peaky rows, like a trained model's outputs
+            block /= block.sum(axis=1, keepdims=True)
+        x[start:start + len(block)] = block
+    return x
+
+
+# --- reference implementations, in the style the existing libraries use ----------------------
+
+def numpy_sort_reference(x: np.ndarray, case: Case) -> np.ndarray:
+    if case.from_logits:
+        z = x.astype(np.float32)
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+    else:
+        p = x
+    if case.kind == "margin":
+        s = np.sort(p, axis=1)
+        return np.argsort(s[:, -1] - s[:, -2], kind="stable")[: case.k]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(p > 0, p * np.log(p), 0).sum(axis=1)
+    return np.argsort(-entropy, kind="stable")[: case.k]
+
+
+def torch_topk_reference(x: np.ndarray, case: Case) -> np.ndarray:
+    import torch
+
+    t = torch.from_numpy(x)
+    if case.from_logits:
+        p = torch.softmax(t.float(), dim=1)
+    else:
+        p = t
+    if case.kind == "margin":
+        top2 = torch.topk(p, 2, dim=1).values
+        return torch.topk(top2[:, 1] - top2[:, 0], case.k).indices.numpy()
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(dim=1)
+    return torch.topk(entropy, case.k).indices.numpy()
+
+
+@dataclass
+class Row:
+    case: str
+    method: str
+    seconds: float
+    gbps: float
+    bandwidth_fraction: float
+    our_speedup: Optional[float]
+    peak_extra_mb: float
+    agrees: str
+
+
+def run_case(case: Case, threads: int, bandwidth: float, repeat: int, with_torch: bool) -> List[Row]:
+    x = make_data(case)
+    nbytes = x.nbytes
+    methods = [("asvp_fast", lambda: af.select_uncertain(x, case.k, case.kind, from_logits=case.from_logits,
+                                                          threads=threads or None))]
+    methods.append(("numpy-sort", lambda: numpy_sort_reference(x, case)))
+    if with_torch:
+        methods.append(("torch-topk", lambda: torch_topk_reference(x, case)))
+    rows: List[Row] = []
+    ours_time, ours_set = None, None
+    for name, fn in methods:
+        seconds, extra, picked = measure(fn, repeat if name == "asvp_fast" else 1)
+        picked = np.asarray(picked)
+        if ours_time is None:
+            ours_time, ours_set = seconds, set(picked.tolist())
+            agrees = "-"
+        else:
+            overlap = len(ours_set & set(picked.tolist())) / case.k
+            agrees = f"{overlap:.1%}"
+        rows.append(Row(case.name, name, seconds, nbytes / seconds / 1e9, nbytes / seconds / bandwidth,
+                        None if name == "asvp_fast" else seconds / ours_time, extra / 2**20, agrees))
+    del x
+    return rows
+
+
+def format_table(rows: List[Row]) -> str:
+    lines = ["| case | method | seconds | GB/s | of bandwidth | asvp_fast speed-up | peak extra MB | same picks |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        speedup = "-" if r.our_speedup is None else f"{r.our_speedup:.1f}x"
+        lines.append(f"| {r.case} | {r.method} | {r.seconds:.3f} | {r.gbps:.1f} | {r.bandwidth_fraction:.0%} | "
+                     f"{speedup} | {r.peak_extra_mb:.0f} | {r.agrees} |")
+    return "\n".join(lines)
+
+
+def machine_summary(threads: int, bandwidth: float) -> str:
+    b = af.backends()
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} logical cores, {threads or b['openmp_threads']} threads used, "
+            f"CPU kernel variant {b['cpu_isa']}; measured read bandwidth {bandwidth / 1e9:.1f} GB/s")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="asvp-fast bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (seconds, for a smoke test)")
+    parser.add_argument("--threads", type=int, default=0, help="threads for every method (0: all cores)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed repetitions of our kernel (best is kept)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch reference")
+    parser.add_argument("--output", help="also write the results as Markdown to this file")
+    args = parser.parse_args(argv)
+
+    with_torch = not args.no_torch
+    if with_torch:
+        try:
+            import torch
+
+            if args.threads:
+                torch.set_num_threads(args.threads)
+        except ImportError:
+            print("torch is not installed: skipping the torch reference")
+            with_torch = False
+    cases = QUICK_CASES if args.quick else FULL_CASES
+    bandwidth = read_bandwidth(args.threads, nbytes=(256 << 20) if args.quick else (2 << 30))
+    summary = machine_summary(args.threads, bandwidth)
+    print(summary)
+    rows: List[Row] = []
+    for case in cases:
+        print(f"running: {case.name}", flush=True)
+        case_rows = run_case(case, args.threads, bandwidth, args.repeat, with_torch)
+        for r in case_rows:
+            print(f"  {r.method:<11} {r.seconds:8.3f} s  {r.gbps:6.1f} GB/s  {r.bandwidth_fraction:5.0%} of bandwidth  "
+                  f"peak extra {r.peak_extra_mb:6.0f} MB", flush=True)
+        rows.extend(case_rows)
+    table = format_table(rows)
+    print()
+    print(table)
+    if args.output:
+        command = "asvp-fast bench" + (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
+        with open(args.output, "w") as f:
+            f.write("# Acquisition benchmark results\n\n")
+            f.write(f"Command: `{command} --output {args.output}`\n\n")
+            f.write(f"Machine: {summary}.\n\n")
+            f.write("Timings are the best of several runs for asvp_fast and a single run for the references; "
+                    "'peak extra MB' is the resident memory above the level before the call (input excluded); "
+                    "'same picks' is the overlap of each reference's top-k with ours.\n\n")
+            f.write(table + "\n")
+        print(f"\nwritten to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
