@@ -45,13 +45,19 @@ struct Lanes {
     }
   }
 
-  RowStats<A> merged() const {
-    RowStats<A> total = row_stats_identity<A>();
-    for (int j = 0; j < kLanes; ++j) {
-      const RowStats<A> lane{max1[j], max2[j], min[j], sum[j], aux[j], nonfinite[j]};
-      merge_row_stats(total, lane);
+  // Pairwise tree over the lanes (8+8, 4+4, 2+2, 1+1): each level is one vector operation.
+  RowStats<A> merged() {
+    for (int width = kLanes / 2; width >= 1; width /= 2) {
+      for (int j = 0; j < width; ++j) {
+        RowStats<A> a{max1[j], max2[j], min[j], sum[j], aux[j], nonfinite[j]};
+        const RowStats<A> b{max1[j + width], max2[j + width], min[j + width], sum[j + width], aux[j + width],
+                            nonfinite[j + width]};
+        merge_row_stats(a, b);
+        max1[j] = a.max1; max2[j] = a.max2; min[j] = a.min;
+        sum[j] = a.sum; aux[j] = a.aux; nonfinite[j] = a.nonfinite;
+      }
     }
-    return total;
+    return RowStats<A>{max1[0], max2[0], min[0], sum[0], aux[0], nonfinite[0]};
   }
 };
 
