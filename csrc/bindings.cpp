@@ -15,6 +15,7 @@
 #include "cuda_runtime_info.h"
 #include "dlpack_abi.h"
 #include "memory_probe.h"
+#include "radix_select.h"
 #include "uncertainty.h"
 
 namespace py = pybind11;
@@ -242,6 +243,27 @@ int cuda_runtime_version() { return 0; }
 
 namespace asvp {
 namespace {
+// Ranks float32 statistics with the GPU's selection algorithm run on the host (a test hook).
+py::array_t<int64_t> radix_select_scores(const py::array_t<float, py::array::c_style>& statistic, int kind,
+                                         const py::object& exclude, int64_t k) {
+  const int64_t n = statistic.size();
+  std::vector<uint32_t> keys(static_cast<size_t>(n));
+  const float* s = statistic.data();
+  const uint8_t* mask = nullptr;
+  py::array_t<uint8_t, py::array::c_style> mask_array;
+  if (!exclude.is_none()) {
+    mask_array = exclude.cast<py::array_t<uint8_t, py::array::c_style>>();
+    require(mask_array.size() == n, "exclude mask length differs from the statistic's");
+    mask = mask_array.data();
+  }
+  for (int64_t i = 0; i < n; ++i)
+    keys[static_cast<size_t>(i)] = (mask && mask[i]) ? 0u : orderable_bits(uncertainty_key(static_cast<Kind>(kind), s[i]));
+  const std::vector<int64_t> rows = radix_select_host(keys.data(), n, k);
+  py::array_t<int64_t> out(static_cast<py::ssize_t>(rows.size()));
+  std::copy(rows.begin(), rows.end(), out.mutable_data());
+  return out;
+}
+
 double read_sum(const py::array_t<float, py::array::c_style>& a, int threads) {
   const float* data = a.data();
   const int64_t n = a.size();
@@ -256,6 +278,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &asvp::build_info, "Compile-time and run-time facts about the kernels.");
   m.def("read_sum", &asvp::read_sum, py::arg("a"), py::arg("threads") = 0,
         "Sum of a contiguous float32 array read by all threads (a memory read-bandwidth probe).");
+  m.def("radix_select_scores", &asvp::radix_select_scores, py::arg("statistic"), py::arg("kind"), py::arg("exclude"),
+        py::arg("k"), "The CUDA path's radix selection run on the host over float32 statistics (for tests).");
   m.def("set_isa", &asvp::set_active_isa, py::arg("name"), "Select the CPU kernel variant (base, avx2, avx512).");
   m.def("uncertainty", &asvp::run_uncertainty, py::arg("x"), py::arg("kind"), py::arg("from_logits"),
         py::arg("validate"), py::arg("exclude"), py::arg("scores_out"), py::arg("indices_out"), py::arg("k"),

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "cuda_runtime_info.h"
-#include "topk.h"
+#include "radix_select.h"
 #include "uncertainty.h"
 
 namespace asvp {
@@ -143,16 +143,16 @@ __global__ void __launch_bounds__(kRowThreads) row_statistics_kernel(RowKernelAr
 // selectable, never counted).
 __global__ void digit_histogram_kernel(const uint32_t* keys, int64_t n, uint32_t prefix, uint32_t prefix_mask,
                                        int shift, unsigned long long* histogram) {
-  __shared__ unsigned int local[256];
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) local[i] = 0;
+  __shared__ unsigned int local[kRadixBins];
+  for (int i = threadIdx.x; i < kRadixBins; i += blockDim.x) local[i] = 0;
   __syncthreads();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const uint32_t u = keys[i];
-    if (u != 0 && (u & prefix_mask) == prefix) atomicAdd(&local[(u >> shift) & 255u], 1u);
+    if (radix_candidate(u, prefix, prefix_mask)) atomicAdd(&local[radix_digit(u, shift)], 1u);
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < 256; i += blockDim.x)
+  for (int i = threadIdx.x; i < kRadixBins; i += blockDim.x)
     if (local[i]) atomicAdd(&histogram[i], static_cast<unsigned long long>(local[i]));
 }
 
@@ -179,35 +179,31 @@ int grid_for(int64_t work, int threads) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 65535)));
 }
 
-// Finds the k largest keys (ties to the lower row) and writes their rows to `out` (host memory).
+// Finds the k largest keys (ties to the lower row) and returns their rows, best first.
 std::vector<int64_t> select_top_keys(const uint32_t* keys, int64_t n, int64_t k, cudaStream_t stream) {
-  DeviceBuffer<unsigned long long> histogram(256);
-  std::vector<unsigned long long> host_hist(256);
-  uint32_t prefix = 0, mask = 0;
-  unsigned long long needed = static_cast<unsigned long long>(k), tied_total = 0;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    check_cuda(cudaMemsetAsync(histogram.get(), 0, 256 * sizeof(unsigned long long), stream), "cudaMemsetAsync");
-    digit_histogram_kernel<<<grid_for(n, 256), 256, 0, stream>>>(keys, n, prefix, mask, shift, histogram.get());
+  DeviceBuffer<unsigned long long> histogram(kRadixBins);
+  std::vector<unsigned long long> host_hist(kRadixBins);
+  RadixSelect sel(k);
+  for (int shift = 32 - kRadixBits; shift >= 0; shift -= kRadixBits) {
+    check_cuda(cudaMemsetAsync(histogram.get(), 0, kRadixBins * sizeof(unsigned long long), stream), "cudaMemsetAsync");
+    digit_histogram_kernel<<<grid_for(n, 256), 256, 0, stream>>>(keys, n, sel.prefix, sel.mask, shift, histogram.get());
     check_cuda(cudaGetLastError(), "digit_histogram_kernel");
-    check_cuda(cudaMemcpyAsync(host_hist.data(), histogram.get(), 256 * sizeof(unsigned long long),
+    check_cuda(cudaMemcpyAsync(host_hist.data(), histogram.get(), kRadixBins * sizeof(unsigned long long),
                                cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
     check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-    int digit = 255;
-    for (; digit > 0 && host_hist[digit] < needed; --digit) needed -= host_hist[digit];
-    prefix |= static_cast<uint32_t>(digit) << shift;
-    mask |= 255u << shift;
-    tied_total = host_hist[digit];
+    sel.step(host_hist.data(), shift);
   }
-  const unsigned long long above_total = static_cast<unsigned long long>(k) - needed;
+  const unsigned long long above_total = static_cast<unsigned long long>(k) - sel.needed;
+  const unsigned long long tied_total = sel.tied;
 
   DeviceBuffer<uint32_t> above_keys(std::max<unsigned long long>(above_total, 1));
   DeviceBuffer<int64_t> above_rows(std::max<unsigned long long>(above_total, 1));
   DeviceBuffer<int64_t> tied_rows(std::max<unsigned long long>(tied_total, 1));
   DeviceBuffer<unsigned long long> counts(2);
   check_cuda(cudaMemsetAsync(counts.get(), 0, 2 * sizeof(unsigned long long), stream), "cudaMemsetAsync");
-  gather_candidates_kernel<<<grid_for(n, 256), 256, 0, stream>>>(keys, n, prefix, above_keys.get(), above_rows.get(),
-                                                                  counts.get(), tied_rows.get(), counts.get() + 1,
-                                                                  tied_total);
+  gather_candidates_kernel<<<grid_for(n, 256), 256, 0, stream>>>(keys, n, sel.threshold(), above_keys.get(),
+                                                                  above_rows.get(), counts.get(), tied_rows.get(),
+                                                                  counts.get() + 1, tied_total);
   check_cuda(cudaGetLastError(), "gather_candidates_kernel");
   std::vector<uint32_t> host_above_keys(above_total);
   std::vector<int64_t> host_above_rows(above_total), host_tied(tied_total);
@@ -221,20 +217,7 @@ std::vector<int64_t> select_top_keys(const uint32_t* keys, int64_t n, int64_t k,
     check_cuda(cudaMemcpyAsync(host_tied.data(), tied_rows.get(), tied_total * sizeof(int64_t), cudaMemcpyDeviceToHost,
                                stream), "cudaMemcpyAsync");
   check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-
-  // The lowest-numbered `needed` tied rows complete the set; then order the k candidates.
-  std::vector<Candidate> chosen;
-  chosen.reserve(static_cast<size_t>(k));
-  for (size_t i = 0; i < host_above_rows.size(); ++i)
-    chosen.push_back({key_from_orderable_bits(host_above_keys[i]), host_above_rows[i]});
-  const auto take = static_cast<std::ptrdiff_t>(std::min<unsigned long long>(needed, tied_total));
-  std::partial_sort(host_tied.begin(), host_tied.begin() + take, host_tied.end());
-  const float tied_key = key_from_orderable_bits(prefix);
-  for (std::ptrdiff_t i = 0; i < take; ++i) chosen.push_back({tied_key, host_tied[static_cast<size_t>(i)]});
-  std::sort(chosen.begin(), chosen.end(), ranks_before);
-  std::vector<int64_t> rows(chosen.size());
-  for (size_t i = 0; i < chosen.size(); ++i) rows[i] = chosen[i].index;
-  return rows;
+  return order_selected(host_above_keys, host_above_rows, std::move(host_tied), sel);
 }
 
 // Copies one row to the host and lets the CPU path (same math) describe what is wrong with it.
