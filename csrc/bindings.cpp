@@ -264,6 +264,47 @@ py::array_t<int64_t> radix_select_scores(const py::array_t<float, py::array::c_s
   return out;
 }
 
+// The CUDA row kernel's arithmetic on the host: 32 lanes split each row round-robin, then merge
+// in the butterfly pattern of the warp shuffles (a test hook; float32 input).
+py::array_t<float> warp_emulated_scores(const py::array_t<float, py::array::c_style>& x, int kind, bool from_logits) {
+  require(x.ndim() == 2, "x must be 2-dimensional");
+  constexpr int kLanes = 32;
+  const int64_t n = x.shape(0), C = x.shape(1);
+  const Kind k = static_cast<Kind>(kind);
+  const bool entropy = k == Kind::Entropy;
+  py::array_t<float> out(static_cast<py::ssize_t>(n));
+  auto butterfly = [](RowStats<float>* lanes) {
+    for (int offset = kLanes / 2; offset > 0; offset /= 2) {
+      RowStats<float> next[kLanes];
+      for (int i = 0; i < kLanes; ++i) {
+        next[i] = lanes[i];
+        merge_row_stats(next[i], lanes[i ^ offset]);
+      }
+      std::copy(next, next + kLanes, lanes);
+    }
+  };
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = x.data() + r * C;
+    const auto load = [row](int64_t c) { return row[c]; };
+    RowStats<float> lanes[kLanes];
+    for (int lane = 0; lane < kLanes; ++lane) lanes[lane] = lane_pass1<float>(load, C, lane, kLanes, from_logits, entropy);
+    butterfly(lanes);
+    RowStats<float> s = lanes[0];
+    const RowProblem problem = from_logits ? check_logit_row(s) : check_probability_row(s, true, 1e-3f);
+    if (problem != RowProblem::None) throw py::value_error("row " + std::to_string(r) + " is invalid");
+    if (from_logits) {
+      for (int lane = 0; lane < kLanes; ++lane) lanes[lane] = lane_pass2<float>(load, C, lane, kLanes, s.max1, entropy);
+      butterfly(lanes);
+      s.sum = lanes[0].sum;
+      s.aux = lanes[0].aux;
+      out.mutable_data()[r] = statistic_from_logits(s, k);
+    } else {
+      out.mutable_data()[r] = statistic_from_probabilities(s, k);
+    }
+  }
+  return out;
+}
+
 double read_sum(const py::array_t<float, py::array::c_style>& a, int threads) {
   const float* data = a.data();
   const int64_t n = a.size();
@@ -280,6 +321,8 @@ PYBIND11_MODULE(_C, m) {
         "Sum of a contiguous float32 array read by all threads (a memory read-bandwidth probe).");
   m.def("radix_select_scores", &asvp::radix_select_scores, py::arg("statistic"), py::arg("kind"), py::arg("exclude"),
         py::arg("k"), "The CUDA path's radix selection run on the host over float32 statistics (for tests).");
+  m.def("warp_emulated_scores", &asvp::warp_emulated_scores, py::arg("x"), py::arg("kind"), py::arg("from_logits"),
+        "The CUDA row kernel's arithmetic run on the host (for tests).");
   m.def("set_isa", &asvp::set_active_isa, py::arg("name"), "Select the CPU kernel variant (base, avx2, avx512).");
   m.def("uncertainty", &asvp::run_uncertainty, py::arg("x"), py::arg("kind"), py::arg("from_logits"),
         py::arg("validate"), py::arg("exclude"), py::arg("scores_out"), py::arg("indices_out"), py::arg("k"),

@@ -106,12 +106,9 @@ __global__ void __launch_bounds__(kRowThreads) row_statistics_kernel(RowKernelAr
       continue;
     }
     const T* row = a.x + r * a.row_stride;
-    RowStats<A> s = row_stats_identity<A>();
-    for (int64_t c = lane; c < a.cols; c += kWarp) {
-      const A v = to_acc<A>(row[c * a.col_stride]);
-      if (a.from_logits) push_logit_pass1(s, v);
-      else push_probability(s, v, entropy);
-    }
+    const int64_t col_stride = a.col_stride;
+    const auto load = [row, col_stride](int64_t c) { return to_acc<A>(row[c * col_stride]); };
+    RowStats<A> s = lane_pass1<A>(load, a.cols, lane, kWarp, a.from_logits, entropy);
     warp_merge(s);
     const RowProblem problem = a.from_logits ? check_logit_row(s) : check_probability_row(s, a.validate, static_cast<A>(a.sum_tolerance));
     if (problem != RowProblem::None) {
@@ -123,8 +120,7 @@ __global__ void __launch_bounds__(kRowThreads) row_statistics_kernel(RowKernelAr
     }
     float statistic;
     if (a.from_logits) {
-      RowStats<A> t = row_stats_identity<A>();
-      for (int64_t c = lane; c < a.cols; c += kWarp) push_logit_pass2(t, to_acc<A>(row[c * a.col_stride]), s.max1, entropy);
+      RowStats<A> t = lane_pass2<A>(load, a.cols, lane, kWarp, s.max1, entropy);
       warp_merge(t);
       s.sum = t.sum;
       s.aux = t.aux;

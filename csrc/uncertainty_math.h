@@ -162,6 +162,27 @@ ASVP_HD void push_logit_pass2(RowStats<A>& s, A z, A m, bool want_entropy) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// One lane's share of a row when `lanes` lanes split the columns round-robin (the CUDA kernel:
+// lane = thread of a warp). `load(c)` returns column c converted to A.
+
+template <class A, class Load>
+ASVP_HD RowStats<A> lane_pass1(const Load& load, int64_t C, int lane, int lanes, bool from_logits, bool want_entropy) {
+  RowStats<A> s = row_stats_identity<A>();
+  for (int64_t c = lane; c < C; c += lanes) {
+    if (from_logits) push_logit_pass1(s, load(c));
+    else push_probability(s, load(c), want_entropy);
+  }
+  return s;
+}
+
+template <class A, class Load>
+ASVP_HD RowStats<A> lane_pass2(const Load& load, int64_t C, int lane, int lanes, A row_max, bool want_entropy) {
+  RowStats<A> s = row_stats_identity<A>();
+  for (int64_t c = lane; c < C; c += lanes) push_logit_pass2(s, load(c), row_max, want_entropy);
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Validation and the statistic.
 
 template <class A>
