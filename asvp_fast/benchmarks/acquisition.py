@@ -21,12 +21,13 @@ import platform
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Set
 
 import numpy as np
 
 import asvp_fast as af
 from asvp_fast import _C
+from asvp_fast.uncertainty import Kind
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Case:
     c: int
     dtype: str  # "float32" or "float16"
     from_logits: bool
-    kind: str
+    kind: Kind
     k: int
 
 
@@ -177,7 +178,8 @@ def run_case(case: Case, threads: int, bandwidth: float, repeat: int, with_torch
     if with_torch:
         methods.append(("torch-topk", lambda: torch_topk_reference(x, case)))
     rows: List[Row] = []
-    ours_time, ours_set = None, None
+    ours_time: Optional[float] = None
+    ours_set: Set[int] = set()
     for name, fn in methods:
         seconds, extra, picked = measure(fn, repeat if name == "asvp_fast" else 1)
         picked = np.asarray(picked)
