@@ -244,6 +244,20 @@ def machine_summary(threads: int, bandwidth: float) -> str:
             f"CPU kernel variant {b['cpu_isa']}; measured read bandwidth {bandwidth / 1e9:.1f} GB/s")
 
 
+NOTES_HEADING = "\n## Notes"
+
+
+def _kept_notes(path: str) -> str:
+    """Hand-written notes at the end of an existing results file (from '## Notes' on) survive a rerun."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return ""
+    at = text.find(NOTES_HEADING)
+    return text[at:] if at >= 0 else ""
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="asvp-fast bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds, for a smoke test)")
@@ -283,6 +297,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print()
         print(targets)
     if args.output:
+        notes = _kept_notes(args.output)
         command = "asvp-fast bench" + (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
         with open(args.output, "w") as f:
             f.write("# Acquisition benchmark results\n\n")
@@ -294,6 +309,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             f.write(table + "\n")
             if targets:
                 f.write("\n## Targets of the foundation issue, this run\n\n" + targets + "\n")
+            f.write(notes)
         print(f"\nwritten to {args.output}")
     return 0
 
