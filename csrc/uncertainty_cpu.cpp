@@ -61,63 +61,37 @@ struct Lanes {
   }
 };
 
-// Converts kLanes contiguous stored values to the accumulation type.
-template <class S, class A>
-inline void load_block(const S* src, A* dst) {
-#if defined(__F16C__)
-  // The hardware conversion is exact, like half_to_float, but one instruction per 8 values.
-  if constexpr (std::is_same<S, half_bits>::value && std::is_same<A, float>::value) {
-    for (int h = 0; h < kLanes; h += 8)
-      _mm256_storeu_ps(dst + h, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + h))));
-    return;
-  }
-#endif
-  for (int j = 0; j < kLanes; ++j) dst[j] = to_acc<A>(src[j]);
-}
-
-// Feeds the row v[0..C) (stored as S) to push(lane, value) block by block: element c goes to
-// lane c % kLanes. With a non-null `copy`, the converted values are also kept there (for a
-// second pass over the row).
-template <class A, class S, class Push>
-inline void for_each_block(const S* v, int64_t C, A* copy, Push&& push) {
-  int64_t c = 0;
-  for (; c + kLanes <= C; c += kLanes) {
-    A block[kLanes];
-    load_block(v + c, block);
-    if (copy)
-      for (int j = 0; j < kLanes; ++j) copy[c + j] = block[j];
-    for (int j = 0; j < kLanes; ++j) push(j, block[j]);
-  }
-  for (int j = 0; c + j < C; ++j) {
-    const A value = to_acc<A>(v[c + j]);
-    if (copy) copy[c + j] = value;
-    push(j, value);
-  }
-}
-
 // The per-element updates below are the SoA spelling of push_probability / push_logit_pass*
 // from uncertainty_math.h, kept element-for-element identical so the compiler can vectorise
 // across lanes.
-template <class A, bool Entropy, class S>
-RowStats<A> reduce_probability_row(const S* v, int64_t C) {
+template <class A, bool Entropy>
+RowStats<A> reduce_probability_row(const A* v, int64_t C) {
   Lanes<A> l;
-  for_each_block<A>(v, C, static_cast<A*>(nullptr), [&](int j, A p) {
+  int64_t c = 0;
+  auto push = [&](int j, A p) {
     top2_push(l.max1[j], l.max2[j], p);
     l.min[j] = min_of(l.min[j], p);
     l.sum[j] += p;
     l.nonfinite[j] += nonfinite_term(p);
     if (Entropy) l.aux[j] += xlogx(p);
-  });
+  };
+  for (; c + kLanes <= C; c += kLanes)
+    for (int j = 0; j < kLanes; ++j) push(j, v[c + j]);
+  for (int j = 0; c + j < C; ++j) push(j, v[c + j]);
   return l.merged();
 }
 
-template <class A, class S>
-RowStats<A> reduce_logit_row_pass1(const S* v, int64_t C, A* copy) {
+template <class A>
+RowStats<A> reduce_logit_row_pass1(const A* v, int64_t C) {
   Lanes<A> l;
-  for_each_block<A>(v, C, copy, [&](int j, A z) {
+  int64_t c = 0;
+  auto push = [&](int j, A z) {
     top2_push(l.max1[j], l.max2[j], z);
     l.nonfinite[j] += nonfinite_term(z);
-  });
+  };
+  for (; c + kLanes <= C; c += kLanes)
+    for (int j = 0; j < kLanes; ++j) push(j, v[c + j]);
+  for (int j = 0; c + j < C; ++j) push(j, v[c + j]);
   return l.merged();
 }
 
@@ -125,12 +99,16 @@ template <class A, bool Entropy>
 void reduce_logit_row_pass2(const A* v, int64_t C, RowStats<A>& s) {
   Lanes<A> l;
   const A m = s.max1;
-  for_each_block<A>(v, C, static_cast<A*>(nullptr), [&](int j, A z) {
+  int64_t c = 0;
+  auto push = [&](int j, A z) {
     const A d = z - m;
     const A e = exp_approx(d);
     l.sum[j] += e;
     if (Entropy) l.aux[j] += e * d;
-  });
+  };
+  for (; c + kLanes <= C; c += kLanes)
+    for (int j = 0; j < kLanes; ++j) push(j, v[c + j]);
+  for (int j = 0; c + j < C; ++j) push(j, v[c + j]);
   const RowStats<A> t = l.merged();
   s.sum = t.sum;
   s.aux = t.aux;
@@ -143,11 +121,8 @@ struct RowResult {
   RowStats<A> stats;
 };
 
-// One contiguous row stored as S. `buffer` (C values) receives the converted row when a second
-// pass needs it and S is not already the accumulation type.
-template <class A, class S>
-RowResult<A> evaluate_contiguous_row(const S* v, int64_t C, A* buffer, Kind kind, bool from_logits, bool validate,
-                                     A sum_tolerance) {
+template <class A>
+RowResult<A> evaluate_row(const A* v, int64_t C, Kind kind, bool from_logits, bool validate, A sum_tolerance) {
   const bool entropy = kind == Kind::Entropy;
   RowResult<A> r{};
   if (!from_logits) {
@@ -156,24 +131,40 @@ RowResult<A> evaluate_contiguous_row(const S* v, int64_t C, A* buffer, Kind kind
     if (r.problem == RowProblem::None) r.statistic = statistic_from_probabilities(r.stats, kind);
     return r;
   }
-  constexpr bool stored_as_acc = std::is_same<S, A>::value;
-  r.stats = reduce_logit_row_pass1<A>(v, C, stored_as_acc ? static_cast<A*>(nullptr) : buffer);
+  r.stats = reduce_logit_row_pass1(v, C);
   r.problem = check_logit_row(r.stats);
   if (r.problem != RowProblem::None) return r;
-  const A* converted = stored_as_acc ? reinterpret_cast<const A*>(v) : buffer;
-  if (entropy) reduce_logit_row_pass2<A, true>(converted, C, r.stats);
-  else reduce_logit_row_pass2<A, false>(converted, C, r.stats);
+  if (entropy) reduce_logit_row_pass2<A, true>(v, C, r.stats);
+  else reduce_logit_row_pass2<A, false>(v, C, r.stats);
   r.statistic = statistic_from_logits(r.stats, kind);
   return r;
 }
 
-// A row of the input (any column stride). Strided rows are gathered into `buffer` first.
+// Returns a pointer to the row as contiguous accumulation-type values: the row itself when it
+// already is, else a converted/gathered copy in `buffer` (C elements, stays in L1/L2).
 template <class T, class A>
-RowResult<A> evaluate_row(const T* row, int64_t C, int64_t col_stride, A* buffer, Kind kind, bool from_logits,
-                          bool validate, A sum_tolerance) {
-  if (col_stride == 1) return evaluate_contiguous_row<A>(row, C, buffer, kind, from_logits, validate, sum_tolerance);
-  for (int64_t c = 0; c < C; ++c) buffer[c] = to_acc<A>(row[c * col_stride]);
-  return evaluate_contiguous_row<A>(static_cast<const A*>(buffer), C, buffer, kind, from_logits, validate, sum_tolerance);
+const A* load_row(const T* row, int64_t C, int64_t col_stride, A* buffer) {
+  if constexpr (std::is_same<T, A>::value) {
+    if (col_stride == 1) return row;
+  }
+#if defined(__F16C__)
+  // The hardware conversion is exact, like half_to_float, but one instruction per 8 values.
+  if constexpr (std::is_same<T, half_bits>::value && std::is_same<A, float>::value) {
+    if (col_stride == 1) {
+      int64_t c = 0;
+      for (; c + 8 <= C; c += 8)
+        _mm256_storeu_ps(buffer + c, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c))));
+      for (; c < C; ++c) buffer[c] = half_to_float(row[c].bits);
+      return buffer;
+    }
+  }
+#endif
+  if (col_stride == 1) {
+    for (int64_t c = 0; c < C; ++c) buffer[c] = to_acc<A>(row[c]);
+  } else {
+    for (int64_t c = 0; c < C; ++c) buffer[c] = to_acc<A>(row[c * col_stride]);
+  }
+  return buffer;
 }
 
 bool mask_is_set(const ArrayView& mask, int64_t r) {
@@ -225,8 +216,8 @@ void run_uncertainty(const UncertaintyParams& p, RowError& error) {
       for (int64_t r = start; r < stop; ++r) {
         if (r > first_bad.load(std::memory_order_relaxed)) continue;
         if (!p.exclude.empty() && mask_is_set(p.exclude, r)) continue;
-        const RowResult<A> res = evaluate_row<T, A>(base + r * row_stride, C, col_stride, buffer.data(), p.kind,
-                                                    p.from_logits, p.validate, static_cast<A>(p.sum_tolerance));
+        const A* row = load_row<T, A>(base + r * row_stride, C, col_stride, buffer.data());
+        const RowResult<A> res = evaluate_row(row, C, p.kind, p.from_logits, p.validate, static_cast<A>(p.sum_tolerance));
         if (res.problem != RowProblem::None) {
 #pragma omp critical(asvp_row_error)
           if (error.row < 0 || r < error.row) {
