@@ -1,0 +1,59 @@
+"""The README's quick start runs, the CLI answers, and the benchmark machinery works on tiny sizes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asvp_fast import cli
+from asvp_fast.benchmarks import acquisition as bench
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_quick_start_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, "the README has no Python example"
+    for code in blocks:
+        exec(compile(code, str(README), "exec"), {})
+
+
+def test_cli_backends(capsys):
+    assert cli.main(["backends"]) == 0
+    out = capsys.readouterr().out
+    assert "cuda_compiled:" in out and "openmp_threads:" in out
+
+
+def test_cli_unknown_command_fails():
+    with pytest.raises(SystemExit):
+        cli.main(["no-such-command"])
+
+
+@pytest.mark.parametrize("kind,dtype,logits", [("margin", "float32", False), ("entropy", "float16", True)])
+def test_benchmark_case_runs_and_agrees(kind, dtype, logits):
+    pytest.importorskip("psutil")
+    case = bench.Case("tiny", 3000, 40, dtype, logits, kind, 50)
+    rows = bench.run_case(case, threads=0, bandwidth=1e10, repeat=1, with_torch=False)
+    assert [r.method for r in rows] == ["asvp_fast", "numpy-sort"]
+    assert rows[1].agrees == "100.0%"
+    assert rows[1].our_speedup and rows[1].our_speedup > 0
+    table = bench.format_table(rows)
+    assert table.count("\n") == 3
+
+
+def test_benchmark_reference_matches_kernel_on_distinct_scores():
+    case = bench.Case("tiny", 2000, 30, "float32", False, "margin", 100)
+    x = bench.make_data(case)
+    import asvp_fast as af
+
+    np.testing.assert_array_equal(np.sort(bench.numpy_sort_reference(x, case)), np.sort(af.select_uncertain(x, 100)))
+
+
+def test_results_notes_survive_a_rerun(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# old table\n\n## Notes\n\n- keep me\n")
+    assert bench._kept_notes(str(path)) == "\n## Notes\n\n- keep me\n"
+    assert bench._kept_notes(str(tmp_path / "missing.md")) == ""
