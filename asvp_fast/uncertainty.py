@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal, Optional
 
 from . import _C
+from ._progress import row_progress
 from ._arrays import (
     Outputs,
     as_operand,
@@ -25,6 +26,19 @@ Device = Literal["auto", "cpu", "cuda"]
 
 _KINDS = {"margin": 0, "entropy": 1, "least_confidence": 2}
 _CHUNK_BYTES = 64 << 20
+_ITEM_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def _run(op: Any, code: int, from_logits: bool, validate: bool, mask: Any, scores_out: Any, indices_out: Any,
+         k: int, threads: int, use_cuda: bool, outputs: Outputs, progress: Optional[bool], description: str) -> None:
+    n, c = op.shape
+    bar = row_progress(progress, n * c * _ITEM_BYTES[op.dtype_name], n, description)
+    try:
+        _C.uncertainty(op.handle, code, bool(from_logits), bool(validate), mask, scores_out, indices_out, k, threads,
+                       op.release_pages, _CHUNK_BYTES, use_cuda, outputs.cuda_stream(), bar)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _kind_code(kind: str, n_classes: int) -> int:
@@ -43,6 +57,7 @@ def scores(
     validate: bool = True,
     device: Device = "auto",
     threads: Optional[int] = None,
+    progress: Optional[bool] = None,
 ) -> Any:
     """The raw uncertainty statistic of every row of ``x`` as float32 (N,).
 
@@ -57,6 +72,8 @@ def scores(
             rejected regardless.
         device: ``"auto"`` (where ``x`` lives), ``"cpu"`` or ``"cuda"``.
         threads: CPU threads (None: all cores).
+        progress: show a progress bar (tqdm); None shows one for inputs of 8 GB or more when
+            stderr is a terminal. Ctrl-C interrupts a scan between 64 MB chunks either way.
 
     Returns:
         float32 array of length N: numpy for numpy input, a torch tensor on x's device for
@@ -75,8 +92,8 @@ def scores(
     outputs = Outputs(op)
     result, handle = outputs.empty(n, "float32")
     if n:
-        _C.uncertainty(op.handle, code, bool(from_logits), bool(validate), None, handle, None, 0, nthreads,
-                       op.release_pages, _CHUNK_BYTES, use_cuda, outputs.cuda_stream())
+        _run(op, code, from_logits, validate, None, handle, None, 0, nthreads, use_cuda, outputs, progress,
+             f"{kind} scores")
     return result
 
 
@@ -90,6 +107,7 @@ def select_uncertain(
     validate: bool = True,
     device: Device = "auto",
     threads: Optional[int] = None,
+    progress: Optional[bool] = None,
 ) -> Any:
     """Indices of the ``k`` most uncertain rows of ``x``, most uncertain first.
 
@@ -101,7 +119,7 @@ def select_uncertain(
         x: as for :func:`scores`.
         k: how many rows to pick; 0 gives an empty result. Must not exceed the rows not excluded.
         kind: as for :func:`scores`.
-        from_logits, validate, device, threads: as for :func:`scores`.
+        from_logits, validate, device, threads, progress: as for :func:`scores`.
         exclude: rows that may not be picked (e.g. already labelled): a bool mask of length N or
             an array of row indices in [0, N). Excluded rows are not read.
 
@@ -124,6 +142,6 @@ def select_uncertain(
     if k == 0:
         return result
     mask_handle = mask[0] if isinstance(mask, tuple) else mask
-    _C.uncertainty(op.handle, code, bool(from_logits), bool(validate), mask_handle, None, handle, k, nthreads,
-                   op.release_pages, _CHUNK_BYTES, use_cuda, outputs.cuda_stream())
+    _run(op, code, from_logits, validate, mask_handle, None, handle, k, nthreads, use_cuda, outputs, progress,
+         f"selecting {k} by {kind}")
     return result

@@ -162,7 +162,8 @@ void check_vector(const ArrayView& v, int64_t length, std::initializer_list<DTyp
 
 void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool validate, const py::object& exclude_obj,
                      const py::object& scores_obj, const py::object& indices_obj, int64_t k, int threads,
-                     bool release_pages, int64_t chunk_bytes, bool use_cuda, uintptr_t stream) {
+                     bool release_pages, int64_t chunk_bytes, bool use_cuda, uintptr_t stream,
+                     const py::object& progress) {
   Keepalive keep;
   UncertaintyParams p;
   p.x = to_view(x_obj, "x", keep);
@@ -195,6 +196,21 @@ void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool v
   require(!use_cuda, "this build of asvp_fast has no CUDA kernels");
 #endif
 
+  // Between chunks: let Ctrl-C through and report progress. A Python exception (KeyboardInterrupt
+  // from a signal handler, or one raised by `progress`) cancels the scan and is re-raised below.
+  std::unique_ptr<py::error_already_set> pending;
+  p.on_progress = [&progress, &pending](int64_t done, int64_t total) -> bool {
+    py::gil_scoped_acquire gil;
+    try {
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+      if (!progress.is_none()) progress(done, total);
+    } catch (py::error_already_set& e) {
+      pending = std::make_unique<py::error_already_set>(std::move(e));
+      return false;
+    }
+    return true;
+  };
+
   RowError error;
   {
     py::gil_scoped_release nogil;
@@ -205,6 +221,7 @@ void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool v
     uncertainty_cpu(p, error);
 #endif
   }
+  if (pending) throw *pending;
   error.tolerance = p.sum_tolerance;
   if (error.row >= 0) throw py::value_error(describe(error));
 }
@@ -327,6 +344,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("uncertainty", &asvp::run_uncertainty, py::arg("x"), py::arg("kind"), py::arg("from_logits"),
         py::arg("validate"), py::arg("exclude"), py::arg("scores_out"), py::arg("indices_out"), py::arg("k"),
         py::arg("threads"), py::arg("release_pages"), py::arg("chunk_bytes"), py::arg("use_cuda"),
-        py::arg("stream"),
+        py::arg("stream"), py::arg("progress") = py::none(),
         "Score every row and/or select the k most uncertain rows. Outputs are written in place.");
 }

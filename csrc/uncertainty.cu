@@ -237,6 +237,7 @@ void describe_bad_row(const UncertaintyParams& p, int64_t row, RowError& error) 
   one.k = 0;
   one.threads = 1;
   one.release_pages = false;
+  one.on_progress = nullptr;
   uncertainty_cpu(one, error);
   error.row = row;
 }
@@ -307,6 +308,11 @@ void run_on_device(const UncertaintyParams& p, RowError& error) {
       a.row_offset = start;
       row_statistics_kernel<T><<<grid_for(rows, rows_per_block), kRowThreads, 0, stream>>>(a);
       check_cuda(cudaGetLastError(), "row_statistics_kernel");
+      if (p.on_progress && !p.on_progress(start + rows, N)) {
+        error.cancelled = true;
+        check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");  // before buffers are freed
+        return;
+      }
     }
   }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "array_view.h"
@@ -23,6 +24,9 @@ struct UncertaintyParams {
   bool release_pages = false;   // x is a shared file mapping: drop each chunk's pages once read
   int64_t chunk_bytes = int64_t(64) << 20;  // rows are streamed in chunks of about this many bytes
   uintptr_t cuda_stream = 0;    // CUDA path: the caller's stream (0: the legacy default stream)
+  // Called by the calling thread after each chunk with (rows done, rows in total); returning
+  // false cancels the scan (Ctrl-C, a progress bar's exception). May be empty.
+  std::function<bool(int64_t, int64_t)> on_progress;
 };
 
 // |row sum - 1| accepted for probabilities stored as `dtype`: 1e-3, or bfloat16's machine
@@ -35,6 +39,7 @@ struct RowError {
   RowProblem problem = RowProblem::None;
   double min = 0, max = 0, sum = 0;
   double tolerance = 0;  // the sum tolerance in force
+  bool cancelled = false;  // on_progress asked to stop; outputs are incomplete
 };
 
 // CPU path: runs the best SIMD variant this processor supports (see cpu_features.h).

@@ -193,12 +193,14 @@ void run_uncertainty(const UncertaintyParams& p, RowError& error) {
 
   // Rows per chunk: bounded bytes per chunk, so pages of a memory-mapped file can be released
   // behind the scan and prefetched ahead of it.
-  const int64_t row_bytes = std::max<int64_t>(1, std::abs(row_stride) * static_cast<int64_t>(sizeof(T)));
+  // A row costs its C elements of work and spans |row_stride| elements of address space.
+  const int64_t row_bytes = std::max<int64_t>(1, std::max(std::abs(row_stride), C) * static_cast<int64_t>(sizeof(T)));
   const int64_t chunk_rows = std::max<int64_t>(1, p.chunk_bytes / row_bytes);
   const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(1024, chunk_rows / (int64_t(threads) * 8)));
   const bool advise = x.ndim == 2 && row_stride > 0 && col_stride >= 0;
 
   std::atomic<int64_t> first_bad{LLONG_MAX};
+  bool cancelled = false;  // written by the calling thread between barriers, read by all after
   std::vector<BoundedTopK> heaps(static_cast<size_t>(threads), BoundedTopK(want_topk ? p.k : 0));
 
 #pragma omp parallel num_threads(threads)
@@ -238,9 +240,17 @@ void run_uncertainty(const UncertaintyParams& p, RowError& error) {
 #pragma omp single nowait
         advise_pages(base + start * row_stride, base + stop * row_stride, MADV_DONTNEED);
       }
+      if (p.on_progress) {
+        // The calling thread reports (it is the one that can see Ctrl-C); the others wait.
+#pragma omp master
+        cancelled = !p.on_progress(stop, N);
+#pragma omp barrier
+        if (cancelled) break;
+      }
     }
   }
-  if (error.row >= 0 || !want_topk) return;
+  error.cancelled = cancelled;
+  if (cancelled || error.row >= 0 || !want_topk) return;
 
   std::vector<Candidate> all;
   for (BoundedTopK& h : heaps) all.insert(all.end(), h.items().begin(), h.items().end());

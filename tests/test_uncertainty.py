@@ -206,3 +206,45 @@ def test_small_chunks_give_the_same_result(rng, monkeypatch):
     expected = af.select_uncertain(x, 250, "entropy")
     monkeypatch.setattr(unc, "_CHUNK_BYTES", 1000)  # ~7 rows per chunk
     np.testing.assert_array_equal(af.select_uncertain(x, 250, "entropy"), expected)
+
+
+def test_progress_callback_and_cancellation(rng, monkeypatch):
+    x = random_probabilities(rng, 3000, 16)
+    monkeypatch.setattr(unc, "_CHUNK_BYTES", 64 * 100)  # 100 rows per chunk
+    seen = []
+
+    class Recorder:
+        def __init__(self, total, description):
+            self.total = total
+
+        def __call__(self, done, total):
+            seen.append((done, total))
+
+        def close(self):
+            seen.append("closed")
+
+    monkeypatch.setattr(unc, "row_progress", lambda progress, nbytes, total, desc: Recorder(total, desc))
+    expected = af.select_uncertain(x, 10)
+    seen.clear()
+    np.testing.assert_array_equal(af.select_uncertain(x, 10), expected)
+    done = [d for d, _ in seen[:-1]]
+    assert done == list(range(100, 3001, 100)) and seen[-1] == "closed"
+
+    class Interrupting(Recorder):
+        def __call__(self, done, total):
+            if done >= 500:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(unc, "row_progress", lambda progress, nbytes, total, desc: Interrupting(total, desc))
+    with pytest.raises(KeyboardInterrupt):
+        af.select_uncertain(x, 10)
+    with pytest.raises(KeyboardInterrupt):
+        af.scores(x, "entropy")
+    # the kernel is usable again afterwards
+    monkeypatch.setattr(unc, "row_progress", lambda *a: None)
+    np.testing.assert_array_equal(af.select_uncertain(x, 10), expected)
+
+
+def test_progress_bar_renders(rng, capsys):
+    x = random_probabilities(rng, 1000, 8)
+    np.testing.assert_array_equal(af.select_uncertain(x, 5, progress=True), af.select_uncertain(x, 5, progress=False))
