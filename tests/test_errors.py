@@ -17,14 +17,17 @@ def probs(rng):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("from_logits", [False, True])
-def test_non_finite_rows_are_named(bad, from_logits, rng):
-    x = random_logits(rng, 5000, 8) if from_logits else random_probabilities(rng, 5000, 8)
-    x[3217, 5] = bad
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("column", [5, 39])  # in a full 16-wide block, or in the row's tail
+def test_non_finite_rows_are_named(bad, from_logits, dtype, column, rng):
+    x = random_logits(rng, 5000, 40, dtype) if from_logits else random_probabilities(rng, 5000, 40, dtype)
+    x[3217, column] = bad
     x[4000, 1] = bad
-    with pytest.raises(ValueError, match=r"row 3217 of x contains NaN or Inf"):
-        af.select_uncertain(x, 10, "entropy", from_logits=from_logits)
-    with pytest.raises(ValueError, match=r"row 3217 "):
-        af.scores(x, "margin", from_logits=from_logits)
+    for kind in ("margin", "entropy", "least_confidence"):
+        with pytest.raises(ValueError, match=r"row 3217 of x contains NaN or Inf"):
+            af.select_uncertain(x, 10, kind, from_logits=from_logits)
+        with pytest.raises(ValueError, match=r"row 3217 "):
+            af.scores(x, kind, from_logits=from_logits)
 
 
 def test_first_bad_row_is_reported_with_many_threads(rng):

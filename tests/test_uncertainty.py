@@ -248,3 +248,17 @@ def test_progress_callback_and_cancellation(rng, monkeypatch):
 def test_progress_bar_renders(rng, capsys):
     x = random_probabilities(rng, 1000, 8)
     np.testing.assert_array_equal(af.select_uncertain(x, 5, progress=True), af.select_uncertain(x, 5, progress=False))
+
+
+@pytest.mark.parametrize("offset", [-3e4, -100.0, -1.0, 0.0, 1e3])
+@pytest.mark.parametrize("kind", KINDS)
+def test_float16_logits_of_any_sign(offset, kind, rng):
+    # All-negative, mixed and all-positive float16 rows: the float16 fast path finds the row
+    # maximum on bit patterns, which must order negative values, -0 and +0 correctly.
+    z = (rng.standard_normal((3000, 45)) * 4 + offset).astype(np.float16)
+    z[0] = -0.0
+    z[1, :] = np.float16(-65504)
+    z[2, :3] = [np.float16(-0.0), np.float16(0.0), np.float16(-1e-7)]
+    z[3] = np.float16(65504)
+    for t in (z, z[:, ::-1], np.ascontiguousarray(z[:, 1:])):
+        np.testing.assert_allclose(af.scores(t, kind, from_logits=True), ref.scores(t, kind, True), rtol=1e-4, atol=2e-5)
