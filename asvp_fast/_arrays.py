@@ -27,13 +27,20 @@ def is_torch_tensor(x: Any) -> bool:
 class Operand:
     """An input array as the compiled module takes it, plus what is needed to build outputs."""
 
-    handle: Any  # numpy array or DLPack capsule
+    handle: Any  # numpy array, or a DLPack capsule (which keeps its tensor alive)
     shape: Tuple[int, ...]
     dtype_name: str
+    itemsize: int
     on_cuda: bool
     torch_device: Any = None  # torch.device for torch inputs, else None
     release_pages: bool = False  # a shared memory map: pages may be dropped once read
-    keepalive: Any = None  # the tensor behind a capsule
+
+    @property
+    def nbytes(self) -> int:
+        size = self.itemsize
+        for extent in self.shape:
+            size *= extent
+        return size
 
 
 def as_operand(x: Any, name: str = "x") -> Operand:
@@ -45,9 +52,9 @@ def as_operand(x: Any, name: str = "x") -> Operand:
             handle=torch.utils.dlpack.to_dlpack(t),
             shape=tuple(t.shape),
             dtype_name=str(t.dtype).replace("torch.", ""),
+            itemsize=t.element_size(),
             on_cuda=t.device.type == "cuda",
             torch_device=t.device,
-            keepalive=t,
         )
     if not isinstance(x, np.ndarray):
         try:
@@ -55,7 +62,8 @@ def as_operand(x: Any, name: str = "x") -> Operand:
         except Exception as exc:  # pragma: no cover - depends on the foreign type
             raise TypeError(f"{name} must be a numpy array, a numpy memmap or a torch tensor, got {type(x).__name__}") from exc
     release = isinstance(x, np.memmap) and getattr(x, "mode", None) in _SHARED_MMAP_MODES
-    return Operand(handle=x, shape=tuple(x.shape), dtype_name=x.dtype.name, on_cuda=False, release_pages=release)
+    return Operand(handle=x, shape=tuple(x.shape), dtype_name=x.dtype.name, itemsize=x.itemsize, on_cuda=False,
+                   release_pages=release)
 
 
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -137,8 +145,7 @@ def exclusion_mask(exclude: Any, n: int, op: Operand) -> Tuple[Any, int]:
         import torch
         import torch.utils.dlpack
 
-        t = torch.from_numpy(mask).to(op.torch_device)
-        return (torch.utils.dlpack.to_dlpack(t), t), excluded
+        return torch.utils.dlpack.to_dlpack(torch.from_numpy(mask).to(op.torch_device)), excluded
     return mask, excluded
 
 
@@ -147,7 +154,6 @@ class Outputs:
 
     def __init__(self, op: Operand):
         self.op = op
-        self._tensors: list = []
 
     def empty(self, n: int, dtype: str) -> Tuple[Any, Any]:
         """Returns (result object, handle for the kernels)."""
@@ -156,7 +162,6 @@ class Outputs:
             import torch.utils.dlpack
 
             t = torch.empty(n, dtype=getattr(torch, dtype), device=self.op.torch_device)
-            self._tensors.append(t)
             return t, torch.utils.dlpack.to_dlpack(t)
         a = np.empty(n, dtype=dtype)
         return a, a

@@ -7,11 +7,12 @@ together, with no sort of the pool and no float64 or softmax copy of it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from . import _C
-from ._progress import row_progress
 from ._arrays import (
+    Operand,
     Outputs,
     as_operand,
     check_count,
@@ -20,33 +21,46 @@ from ._arrays import (
     exclusion_mask,
     resolve_device,
 )
+from ._progress import row_progress
 
 Kind = Literal["margin", "entropy", "least_confidence"]
 Device = Literal["auto", "cpu", "cuda"]
 
 _KINDS = {"margin": 0, "entropy": 1, "least_confidence": 2}
 _CHUNK_BYTES = 64 << 20
-_ITEM_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 
-def _run(op: Any, code: int, from_logits: bool, validate: bool, mask: Any, scores_out: Any, indices_out: Any,
-         k: int, threads: int, use_cuda: bool, outputs: Outputs, progress: Optional[bool], description: str) -> None:
-    n, c = op.shape
-    bar = row_progress(progress, n * c * _ITEM_BYTES[op.dtype_name], n, description)
-    try:
-        _C.uncertainty(op.handle, code, bool(from_logits), bool(validate), mask, scores_out, indices_out, k, threads,
-                       op.release_pages, _CHUNK_BYTES, use_cuda, outputs.cuda_stream(), bar)
-    finally:
-        if bar is not None:
-            bar.close()
+@dataclass
+class _Call:
+    """A validated call: the input as the kernels take it and where the results go."""
+
+    op: Operand
+    n: int
+    kind_code: int
+    threads: int
+    use_cuda: bool
+    outputs: Outputs
+
+    def run(self, *, from_logits: bool, validate: bool, mask: Any, scores_out: Any, indices_out: Any, k: int,
+            progress: Optional[bool], description: str) -> None:
+        bar = row_progress(progress, self.op.nbytes, self.n, description)
+        try:
+            _C.uncertainty(self.op.handle, self.kind_code, bool(from_logits), bool(validate), mask, scores_out,
+                           indices_out, k, self.threads, self.op.release_pages, _CHUNK_BYTES, self.use_cuda,
+                           self.outputs.cuda_stream(), bar)
+        finally:
+            if bar is not None:
+                bar.close()
 
 
-def _kind_code(kind: str, n_classes: int) -> int:
+def _prepare(x: Any, kind: str, threads: Optional[int], device: str) -> _Call:
+    op = as_operand(x)
+    n, c = check_float_matrix(op)
     if kind not in _KINDS:
         raise ValueError(f"unknown uncertainty kind {kind!r}; expected one of {sorted(_KINDS)}")
-    if kind == "margin" and n_classes < 2:
-        raise ValueError(f"margin needs at least 2 classes, x has {n_classes}")
-    return _KINDS[kind]
+    if kind == "margin" and c < 2:
+        raise ValueError(f"margin needs at least 2 classes, x has {c}")
+    return _Call(op, n, _KINDS[kind], check_threads(threads), resolve_device(device, op), Outputs(op))
 
 
 def scores(
@@ -84,16 +98,11 @@ def scores(
             named).
         TypeError: unsupported dtype.
     """
-    op = as_operand(x)
-    n, c = check_float_matrix(op)
-    code = _kind_code(kind, c)
-    nthreads = check_threads(threads)
-    use_cuda = resolve_device(device, op)
-    outputs = Outputs(op)
-    result, handle = outputs.empty(n, "float32")
-    if n:
-        _run(op, code, from_logits, validate, None, handle, None, 0, nthreads, use_cuda, outputs, progress,
-             f"{kind} scores")
+    call = _prepare(x, kind, threads, device)
+    result, handle = call.outputs.empty(call.n, "float32")
+    if call.n:
+        call.run(from_logits=from_logits, validate=validate, mask=None, scores_out=handle, indices_out=None, k=0,
+                 progress=progress, description=f"{kind} scores")
     return result
 
 
@@ -127,21 +136,15 @@ def select_uncertain(
         int64 array of length k: numpy for numpy input, a torch tensor on x's device for torch
         input.
     """
-    op = as_operand(x)
-    n, c = check_float_matrix(op)
-    code = _kind_code(kind, c)
+    call = _prepare(x, kind, threads, device)
     k = check_count(k)
-    nthreads = check_threads(threads)
-    use_cuda = resolve_device(device, op)
-    mask, excluded = exclusion_mask(exclude, n, op)
+    n = call.n
+    mask, excluded = exclusion_mask(exclude, n, call.op)
     if k > n - excluded:
         raise ValueError(f"k={k} is larger than the {n - excluded} rows that may be picked "
                          f"({n} rows, {excluded} excluded)")
-    outputs = Outputs(op)
-    result, handle = outputs.empty(k, "int64")
-    if k == 0:
-        return result
-    mask_handle = mask[0] if isinstance(mask, tuple) else mask
-    _run(op, code, from_logits, validate, mask_handle, None, handle, k, nthreads, use_cuda, outputs, progress,
-         f"selecting {k} by {kind}")
+    result, handle = call.outputs.empty(k, "int64")
+    if k:
+        call.run(from_logits=from_logits, validate=validate, mask=mask, scores_out=None, indices_out=handle, k=k,
+                 progress=progress, description=f"selecting {k} by {kind}")
     return result
