@@ -22,7 +22,6 @@ struct ArrayView {
   int64_t rows() const { return ndim >= 1 ? shape[0] : 0; }
   int64_t cols() const { return ndim == 2 ? shape[1] : 1; }
   bool empty() const { return data == nullptr; }
-  bool rows_contiguous() const { return ndim < 2 || shape[1] <= 1 || strides[1] == 1; }
 };
 
 }  // namespace asvp

@@ -89,13 +89,15 @@ struct Keepalive {
   std::vector<py::object> objects;
 };
 
-ArrayView view_of_dlpack(const py::capsule& cap, const std::string& what, Keepalive& keep) {
+ArrayView view_of_dlpack(const py::capsule& cap, const std::string& what, Keepalive& keep, bool writable) {
   const char* name = PyCapsule_GetName(cap.ptr());
   const dlpack::Tensor* t = nullptr;
   if (name && std::string(name) == "dltensor") {
     t = &static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), name))->dl_tensor;
   } else if (name && std::string(name) == "dltensor_versioned") {
-    t = &static_cast<dlpack::ManagedTensorVersioned*>(PyCapsule_GetPointer(cap.ptr(), name))->dl_tensor;
+    const auto* managed = static_cast<dlpack::ManagedTensorVersioned*>(PyCapsule_GetPointer(cap.ptr(), name));
+    if (writable && (managed->flags & dlpack::kFlagReadOnly)) throw py::value_error(what + " is read-only");
+    t = &managed->dl_tensor;
   } else {
     throw py::type_error(what + ": capsule is not an unused DLPack tensor");
   }
@@ -125,7 +127,8 @@ ArrayView view_of_dlpack(const py::capsule& cap, const std::string& what, Keepal
 ArrayView to_view(const py::handle& obj, const std::string& what, Keepalive& keep, bool writable = false) {
   if (obj.is_none()) return ArrayView{};
   if (py::isinstance<py::array>(obj)) return view_of_numpy(py::reinterpret_borrow<py::array>(obj), what, writable);
-  if (py::isinstance<py::capsule>(obj)) return view_of_dlpack(py::reinterpret_borrow<py::capsule>(obj), what, keep);
+  if (py::isinstance<py::capsule>(obj))
+    return view_of_dlpack(py::reinterpret_borrow<py::capsule>(obj), what, keep, writable);
   throw py::type_error(what + " must be a numpy array or a DLPack capsule");
 }
 
