@@ -21,3 +21,22 @@ def uncertainty(
 ) -> None: ...
 def radix_select_scores(statistic: Any, kind: int, exclude: Any, k: int) -> Any: ...
 def warp_emulated_scores(x: Any, kind: int, from_logits: bool) -> Any: ...
+def diversity(
+    method: int,
+    features: Any,
+    x: Any,
+    from_logits: bool,
+    validate: bool,
+    labeled: Any,
+    labeled_nearest: Any,
+    exclude: Any,
+    picks_out: Any,
+    distances_out: Any,
+    k: int,
+    seed: int,
+    threads: int,
+    prune: bool,
+    use_cuda: bool,
+    stream: int,
+    progress: Any = None,
+) -> Dict[str, Any]: ...

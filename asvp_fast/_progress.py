@@ -12,10 +12,10 @@ AUTO_PROGRESS_BYTES = 8 << 30
 class RowProgress:
     """Callable the kernels call between chunks with (rows done, rows in total)."""
 
-    def __init__(self, total: int, description: str) -> None:
+    def __init__(self, total: int, description: str, unit: str = "rows") -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, unit="rows", unit_scale=True, desc=description, leave=False)
+        self._bar = tqdm(total=total, unit=unit, unit_scale=True, desc=description, leave=False)
 
     def __call__(self, done: int, total: int) -> None:
         self._bar.update(done - self._bar.n)
@@ -24,10 +24,15 @@ class RowProgress:
         self._bar.close()
 
 
-def row_progress(progress: Optional[bool], nbytes: int, total: int, description: str) -> Optional[RowProgress]:
-    """A progress bar when asked for (True), or when None and the input is big and stderr is a terminal."""
+def row_progress(progress: Optional[bool], nbytes: int, total: int, description: str,
+                 unit: str = "rows") -> Optional[RowProgress]:
+    """A progress bar when asked for (True), or when None and the work is big and stderr is a terminal.
+
+    ``nbytes`` is the amount of data the work reads (for pick-by-pick methods: the input size
+    times the number of passes), compared with :data:`AUTO_PROGRESS_BYTES`.
+    """
     if progress is None:
         progress = nbytes >= AUTO_PROGRESS_BYTES and sys.stderr.isatty()
     if not progress:
         return None
-    return RowProgress(total, description)
+    return RowProgress(total, description, unit)

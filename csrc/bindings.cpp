@@ -13,6 +13,7 @@
 #include "array_view.h"
 #include "cpu_features.h"
 #include "cuda_runtime_info.h"
+#include "diversity.h"
 #include "dlpack_abi.h"
 #include "memory_probe.h"
 #include "radix_select.h"
@@ -163,6 +164,24 @@ void check_vector(const ArrayView& v, int64_t length, std::initializer_list<DTyp
           what + " must be on the same device as x");
 }
 
+// Wraps a Python progress callable (or None) into the kernels' between-steps hook: lets Ctrl-C
+// through and reports progress. A Python exception cancels the kernel and is re-raised by the
+// caller from `pending`.
+std::function<bool(int64_t, int64_t)> progress_hook(const py::object& progress,
+                                                    std::unique_ptr<py::error_already_set>& pending) {
+  return [&progress, &pending](int64_t done, int64_t total) -> bool {
+    py::gil_scoped_acquire gil;
+    try {
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+      if (!progress.is_none()) progress(done, total);
+    } catch (py::error_already_set& e) {
+      pending = std::make_unique<py::error_already_set>(std::move(e));
+      return false;
+    }
+    return true;
+  };
+}
+
 void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool validate, const py::object& exclude_obj,
                      const py::object& scores_obj, const py::object& indices_obj, int64_t k, int threads,
                      bool release_pages, int64_t chunk_bytes, bool use_cuda, uintptr_t stream,
@@ -199,20 +218,8 @@ void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool v
   require(!use_cuda, "this build of asvp_fast has no CUDA kernels");
 #endif
 
-  // Between chunks: let Ctrl-C through and report progress. A Python exception (KeyboardInterrupt
-  // from a signal handler, or one raised by `progress`) cancels the scan and is re-raised below.
   std::unique_ptr<py::error_already_set> pending;
-  p.on_progress = [&progress, &pending](int64_t done, int64_t total) -> bool {
-    py::gil_scoped_acquire gil;
-    try {
-      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-      if (!progress.is_none()) progress(done, total);
-    } catch (py::error_already_set& e) {
-      pending = std::make_unique<py::error_already_set>(std::move(e));
-      return false;
-    }
-    return true;
-  };
+  p.on_progress = progress_hook(progress, pending);
 
   RowError error;
   {
@@ -227,6 +234,111 @@ void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool v
   if (pending) throw *pending;
   error.tolerance = p.sum_tolerance;
   if (error.row >= 0) throw py::value_error(describe(error));
+}
+
+bool is_float_dtype(DType t) {
+  return t == DType::Float16 || t == DType::BFloat16 || t == DType::Float32 || t == DType::Float64;
+}
+
+std::string describe_diversity_error(const DiversityStats& st, double tolerance) {
+  const std::string row = "row " + std::to_string(st.bad_row);
+  switch (st.bad_problem) {
+    case 1: return row + " of x contains NaN or Inf";
+    case 3: return row + " of x is not a probability vector: its values lie outside [0, 1] "
+                   "(pass from_logits=True for logits, or validate=False to skip this check)";
+    case 4: return row + " of x does not sum to 1 within " + format_number(tolerance) +
+                   " (pass from_logits=True for logits, or validate=False to skip this check)";
+    default: return row + " of features contains NaN or Inf (or a value beyond the float32 range)";
+  }
+}
+
+py::dict run_diversity(int method, const py::object& features_obj, const py::object& scores_obj, bool from_logits,
+                       bool validate, const py::object& labeled_obj, const py::object& nearest_obj,
+                       const py::object& exclude_obj, const py::object& picks_obj, const py::object& distances_obj,
+                       int64_t k, uint64_t seed, int threads, bool prune, bool use_cuda, uintptr_t stream,
+                       const py::object& progress) {
+  Keepalive keep;
+  DiversityParams p;
+  require(method >= 0 && method <= 2, "unknown diversity method");
+  p.method = static_cast<DiversityMethod>(method);
+  p.features = to_view(features_obj, "features", keep);
+  p.scores = to_view(scores_obj, "x", keep);
+  p.labeled = to_view(labeled_obj, "labeled", keep);
+  p.labeled_nearest = to_view(nearest_obj, "labeled_nearest", keep);
+  p.exclude = to_view(exclude_obj, "exclude", keep);
+  p.picks_out = to_view(picks_obj, "picks output", keep, true);
+  p.distances_out = to_view(distances_obj, "distances output", keep, true);
+  require(p.features.ndim == 2, "features must be 2-dimensional (N samples x d), got " + std::to_string(p.features.ndim) +
+                                    " dimensions");
+  if (!is_float_dtype(p.features.dtype))
+    throw py::type_error(std::string("features must be float16, bfloat16, float32 or float64, got ") +
+                         dtype_name(p.features.dtype));
+  const int64_t N = p.features.rows();
+  require(N < (int64_t(1) << 32) - 1, "at most 2^32 - 2 rows are supported");
+  require(p.features.cols() >= 1, "features must have at least one column");
+  if (p.method == DiversityMethod::Badge) {
+    require(p.scores.ndim == 2, "x must be 2-dimensional (N samples x C classes)");
+    if (!is_float_dtype(p.scores.dtype))
+      throw py::type_error(std::string("x must be float16, bfloat16, float32 or float64, got ") + dtype_name(p.scores.dtype));
+    require(p.scores.rows() == N, "x has " + std::to_string(p.scores.rows()) + " rows but features has " +
+                                      std::to_string(N) + "; they must describe the same samples");
+    require(p.scores.cols() >= 1, "x must have at least one class (column)");
+    require(p.scores.device == p.features.device, "x and features must be on the same device");
+  }
+  const auto host_vector = [&](const ArrayView& v, int64_t length, DType dtype, const std::string& what) {
+    if (v.empty()) return;
+    require(v.ndim == 1 && v.strides[0] == 1, what + " must be a contiguous 1-D array");
+    require(v.shape[0] == length, what + " has length " + std::to_string(v.shape[0]) + ", expected " + std::to_string(length));
+    require(v.dtype == dtype, what + " has dtype " + std::string(dtype_name(v.dtype)) + ", expected " + dtype_name(dtype));
+    require(v.device == DeviceKind::CPU, what + " must be in host memory");
+  };
+  const int64_t L = p.labeled.empty() ? 0 : p.labeled.shape[0];
+  host_vector(p.labeled, L, DType::Int64, "labeled");
+  if (L > 0) {
+    require(!p.labeled_nearest.empty(), "labeled_nearest is required with labelled rows");
+    host_vector(p.labeled_nearest, N, DType::Int64, "labeled_nearest");
+    const int64_t* lab = static_cast<const int64_t*>(p.labeled.data);
+    const int64_t* near = static_cast<const int64_t*>(p.labeled_nearest.data);
+    for (int64_t j = 0; j < L; ++j) require(lab[j] >= 0 && lab[j] < N, "labeled index out of range");
+    for (int64_t i = 0; i < N; ++i) require(near[i] >= 0 && near[i] < L, "labeled_nearest entry out of range");
+  }
+  host_vector(p.exclude, N, DType::UInt8, "exclude mask");
+  host_vector(p.picks_out, k, DType::Int64, "picks output");
+  host_vector(p.distances_out, k, DType::Float32, "distances output");
+  require(!p.picks_out.empty(), "picks output is required");
+  require(k >= 1 && k <= N - L, "k must lie in [1, rows that may be picked]");
+  p.from_logits = from_logits;
+  p.validate = validate;
+  p.sum_tolerance = default_sum_tolerance(p.scores.empty() ? DType::Float32 : p.scores.dtype);
+  p.k = k;
+  p.seed = seed;
+  p.threads = threads;
+  p.prune = prune;
+  if (!use_cuda) require(p.features.device == DeviceKind::CPU, "features are on a CUDA device; use the CUDA path");
+#if !defined(ASVP_WITH_CUDA)
+  require(!use_cuda, "this build of asvp_fast has no CUDA kernels");
+#endif
+  (void)stream;
+  std::unique_ptr<py::error_already_set> pending;
+  p.on_progress = progress_hook(progress, pending);
+  DiversityStats st;
+  {
+    py::gil_scoped_release nogil;
+#if defined(ASVP_WITH_CUDA)
+    if (use_cuda) diversity_cuda(p, st);
+    else diversity_cpu(p, st);
+#else
+    diversity_cpu(p, st);
+#endif
+  }
+  if (pending) throw *pending;
+  if (st.bad_row >= 0) throw py::value_error(describe_diversity_error(st, p.sum_tolerance));
+  py::dict out;
+  out["distances_possible"] = st.distances_possible;
+  out["distances_computed"] = st.distances_computed;
+  out["centre_distances"] = st.centre_distances;
+  out["cancelled"] = st.cancelled;
+  return out;
 }
 
 py::dict build_info() {
@@ -344,6 +456,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("warp_emulated_scores", &asvp::warp_emulated_scores, py::arg("x"), py::arg("kind"), py::arg("from_logits"),
         "The CUDA row kernel's arithmetic run on the host (for tests).");
   m.def("set_isa", &asvp::set_active_isa, py::arg("name"), "Select the CPU kernel variant (base, avx2, avx512).");
+  m.def("diversity", &asvp::run_diversity, py::arg("method"), py::arg("features"), py::arg("x"), py::arg("from_logits"),
+        py::arg("validate"), py::arg("labeled"), py::arg("labeled_nearest"), py::arg("exclude"), py::arg("picks_out"),
+        py::arg("distances_out"), py::arg("k"), py::arg("seed"), py::arg("threads"), py::arg("prune"),
+        py::arg("use_cuda"), py::arg("stream"), py::arg("progress") = py::none(),
+        "k-center greedy (0), k-means++ seeding (1) or BADGE (2). Picks are written in place; returns work counts.");
   m.def("uncertainty", &asvp::run_uncertainty, py::arg("x"), py::arg("kind"), py::arg("from_logits"),
         py::arg("validate"), py::arg("exclude"), py::arg("scores_out"), py::arg("indices_out"), py::arg("k"),
         py::arg("threads"), py::arg("release_pages"), py::arg("chunk_bytes"), py::arg("use_cuda"),

@@ -5,12 +5,16 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include "diversity.h"
 #include "uncertainty.h"
 
 namespace asvp {
 
-#define ASVP_DECLARE_VARIANT(ns) \
-  namespace ns { void uncertainty_cpu_kernel(const UncertaintyParams&, RowError&); }
+#define ASVP_DECLARE_VARIANT(ns)                                        \
+  namespace ns {                                                         \
+  void uncertainty_cpu_kernel(const UncertaintyParams&, RowError&);      \
+  void diversity_cpu_kernel(const DiversityParams&, DiversityStats&);    \
+  }
 ASVP_DECLARE_VARIANT(isa_base)
 #if defined(ASVP_HAVE_AVX2)
 ASVP_DECLARE_VARIANT(isa_avx2)
@@ -91,6 +95,18 @@ void uncertainty_cpu(const UncertaintyParams& params, RowError& error) {
     case Isa::Avx2: return isa_avx2::uncertainty_cpu_kernel(params, error);
 #endif
     default: return isa_base::uncertainty_cpu_kernel(params, error);
+  }
+}
+
+void diversity_cpu(const DiversityParams& params, DiversityStats& stats) {
+  switch (active()) {
+#if defined(ASVP_HAVE_AVX512)
+    case Isa::Avx512: return isa_avx512::diversity_cpu_kernel(params, stats);
+#endif
+#if defined(ASVP_HAVE_AVX2)
+    case Isa::Avx2: return isa_avx2::diversity_cpu_kernel(params, stats);
+#endif
+    default: return isa_base::diversity_cpu_kernel(params, stats);
   }
 }
 

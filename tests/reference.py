@@ -38,3 +38,50 @@ def select(statistic: np.ndarray, k: int, kind: str, exclude_mask=None) -> np.nd
     if exclude_mask is not None:
         order = order[~np.asarray(exclude_mask)[order]]
     return order[:k]
+
+
+# --- diversity ----------------------------------------------------------------------------------
+
+def sq_distances(x: np.ndarray, row: int) -> np.ndarray:
+    """Squared Euclidean distance of every row of x to row `row`, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return ((x - x[row]) ** 2).sum(axis=1)
+
+
+def greedy_radii(x: np.ndarray, picks, labeled=()) -> tuple:
+    """For every step of a k-center sequence: (distance of the pick to the nearest earlier centre,
+    the largest such distance over all rows that could have been picked), float64."""
+    n = len(x)
+    nearest = np.full(n, np.inf)
+    for row in labeled:
+        nearest = np.minimum(nearest, sq_distances(x, int(row)))
+    blocked = np.zeros(n, dtype=bool)
+    blocked[list(labeled)] = True
+    chosen, best = [], []
+    for row in picks:
+        candidates = np.where(blocked, -np.inf, nearest)
+        chosen.append(nearest[row])
+        best.append(candidates.max())
+        blocked[row] = True
+        nearest = np.minimum(nearest, sq_distances(x, int(row)))
+    return np.array(chosen), np.array(best)
+
+
+def d2_probabilities(x: np.ndarray, centres, exclude=()) -> np.ndarray:
+    """k-means++'s distribution of the next pick given the centres so far (D² weights)."""
+    n = len(x)
+    nearest = np.full(n, np.inf)
+    for row in centres:
+        nearest = np.minimum(nearest, sq_distances(x, int(row)))
+    nearest[list(centres)] = 0.0
+    nearest[list(exclude)] = 0.0
+    return nearest / nearest.sum()
+
+
+def gradient_embedding(p: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """BADGE's explicit embedding g_i = (p_i - onehot(argmax p_i)) (x) h_i, float64 (N x C*d)."""
+    p = np.asarray(p, dtype=np.float64)
+    h = np.asarray(h, dtype=np.float64)
+    q = p.copy()
+    q[np.arange(len(p)), p.argmax(axis=1)] -= 1.0
+    return (q[:, :, None] * h[:, None, :]).reshape(len(p), -1)

@@ -1,0 +1,362 @@
+"""k-center greedy, k-means++ and BADGE against brute-force NumPy references (tests/reference.py)."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import asvp_fast as af
+import asvp_fast._C as _C
+from asvp_fast.diversity import diversity_select
+
+import reference as ref
+
+DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
+
+
+def make_points(seed: int, n: int, d: int, layout: str, dtype=np.float32, clusters: int = 0) -> np.ndarray:
+    """Point sets that stress different parts of the engine."""
+    rng = np.random.default_rng(seed)
+    clusters = clusters or max(1, n // 20)
+    if layout == "gaussian":
+        x = rng.standard_normal((n, d))
+    elif layout == "clustered":  # where the triangle-inequality pruning skips most work
+        centres = rng.standard_normal((clusters, d)) * 5
+        x = centres[rng.integers(0, len(centres), n)] + 0.3 * rng.standard_normal((n, d))
+    elif layout == "duplicates":  # many exact repeats: zero distances and exact ties
+        distinct = rng.standard_normal((max(1, n // 7), d))
+        x = distinct[rng.integers(0, len(distinct), n)]
+    elif layout == "grid":  # small integers: many exactly equal distances
+        x = rng.integers(-3, 4, (n, d)).astype(np.float64)
+    else:
+        raise ValueError(layout)
+    return x.astype(dtype)
+
+
+def as_float64(x) -> np.ndarray:
+    return np.asarray(x).astype(np.float64)
+
+
+def assert_greedy(x, picks, labeled=(), rtol=2e-4):
+    """The k-center invariant at every step, picks distinct and never labelled."""
+    picks = np.asarray(picks)
+    assert len(np.unique(picks)) == len(picks)
+    assert not np.isin(picks, labeled).any()
+    chosen, best = ref.greedy_radii(as_float64(x), picks, labeled)
+    finite = np.isfinite(best)
+    scale = max(1.0, float(np.max(best[finite], initial=0.0)))
+    np.testing.assert_array_less(best[finite] - chosen[finite], rtol * best[finite] + 1e-6 * scale)
+    if len(labeled) == 0:
+        assert np.isinf(best[0]) and np.isinf(chosen[0])
+
+
+# --- k-center greedy ------------------------------------------------------------------------------
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(1, 500),
+    d=st.integers(1, 40),
+    dtype=st.sampled_from(DTYPES),
+    layout=st.sampled_from(["gaussian", "clustered", "duplicates", "grid"]),
+    labelled_fraction=st.sampled_from([0.0, 0.0, 0.05, 0.3]),
+    data=st.data(),
+)
+def test_kcenter_is_exact_greedy_and_pruning_changes_nothing(seed, n, d, dtype, layout, labelled_fraction, data):
+    x = make_points(seed, n, d, layout, dtype)
+    rng = np.random.default_rng(seed + 1)
+    labeled = rng.choice(n, int(labelled_fraction * n), replace=False) if n > 1 else np.empty(0, np.int64)
+    k = data.draw(st.integers(1, n - len(labeled)))
+    pruned = diversity_select("kcenter", x, k, labeled=labeled, seed=seed)
+    plain = diversity_select("kcenter", x, k, labeled=labeled, seed=seed, prune=False)
+    np.testing.assert_array_equal(pruned.indices, plain.indices)
+    np.testing.assert_array_equal(pruned.distances, plain.distances)
+    assert plain.distances_computed >= pruned.distances_computed
+    assert_greedy(x, pruned.indices, labeled)
+    # The reported radii are the distances of each pick to the nearest earlier centre.
+    chosen, _ = ref.greedy_radii(as_float64(x), pruned.indices, labeled)
+    finite = np.isfinite(chosen)
+    np.testing.assert_allclose(pruned.distances[finite], chosen[finite], rtol=2e-4, atol=1e-5 * (1 + chosen[finite].max(initial=0)))
+
+
+def test_kcenter_matches_plain_float64_greedy_exactly(rng):
+    x = rng.standard_normal((400, 12))
+    labeled = rng.choice(400, 30, replace=False)
+    picks = af.kcenter_greedy(x, 60, labeled=labeled)
+    nearest = np.full(400, np.inf)
+    for row in labeled:
+        nearest = np.minimum(nearest, ref.sq_distances(x, row))
+    expected = []
+    for _ in range(60):
+        masked = nearest.copy()
+        masked[labeled] = -1
+        masked[expected] = -1
+        row = int(np.argmax(masked))
+        expected.append(row)
+        nearest = np.minimum(nearest, ref.sq_distances(x, row))
+    np.testing.assert_array_equal(picks, expected)
+
+
+def test_pruning_skips_most_work_on_clustered_data():
+    # Once there are more picks than clusters, most rows sit close to their centre.
+    x = make_points(7, 20000, 16, "clustered", clusters=20)
+    result = diversity_select("kcenter", x, 200)
+    assert result.skipped_fraction > 0.5, result
+    assert_greedy(x, result.indices)
+
+
+def test_first_pick_is_uniform_over_seeds():
+    # Regression: several libraries always start at row 0.
+    n, trials = 10, 2000
+    x = make_points(3, n, 3, "gaussian")
+    counts = np.bincount([int(af.kcenter_greedy(x, 1, seed=s)[0]) for s in range(trials)], minlength=n)
+    expected = trials / n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 33.7, counts  # 9 degrees of freedom, p ~ 1e-4
+
+
+def test_no_ghost_centre_at_the_origin():
+    # Regression: seeding the running minimum with the distance to a zero vector makes rows
+    # near the origin look covered. Row 1 is 9.9 from the labelled row 0; row 2 only 2.
+    x = np.array([[10.0, 0.0], [0.1, 0.0], [12.0, 0.0]], dtype=np.float32)
+    assert af.kcenter_greedy(x, 1, labeled=[0]).tolist() == [1]
+
+
+def test_duplicates_are_never_picked_twice():
+    x = make_points(5, 70, 4, "duplicates")
+    distinct = len(np.unique(x, axis=0))
+    picks = af.kcenter_greedy(x, 60, seed=2)
+    assert len(np.unique(picks)) == 60
+    assert len(np.unique(x[picks[:distinct]], axis=0)) == distinct  # every value before any repeat
+    assert_greedy(x, picks)
+
+
+def test_identical_rows_everywhere():
+    x = np.ones((50, 8), dtype=np.float32)
+    picks = af.kcenter_greedy(x, 50, seed=4)
+    assert sorted(picks.tolist()) == list(range(50))
+    assert (np.diff(picks[1:]) > 0).all()  # zero-distance ties go to the lower row
+
+
+@pytest.mark.parametrize("method", ["kcenter", "kmeans_pp", "badge"])
+def test_threads_and_repeats_give_the_same_result(method, rng):
+    x = make_points(11, 3000, 24, "clustered")
+    p = rng.dirichlet(np.ones(5), 3000).astype(np.float32)
+    one = diversity_select(method, x, 40, x=p, seed=9, threads=1).indices
+    two = diversity_select(method, x, 40, x=p, seed=9, threads=2).indices
+    again = diversity_select(method, x, 40, x=p, seed=9).indices
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one, again)
+
+
+@pytest.mark.parametrize("isa", _C.build_info()["supported_isas"])
+def test_every_cpu_variant_is_greedy(isa):
+    x = make_points(13, 1500, 33, "clustered", np.float16)
+    try:
+        _C.set_isa(isa)
+        picks = af.kcenter_greedy(x, 50, seed=1)
+        chosen = af.badge(np.full((1500, 3), 1 / 3, np.float32), x, 10)
+    finally:
+        _C.set_isa(af.backends()["cpu_isas"][-1])
+    assert_greedy(x, picks)
+    assert len(np.unique(chosen)) == 10
+
+
+@pytest.mark.parametrize("backend", ["numpy", "faiss"])
+def test_nearest_labelled_backends_agree(backend, rng):
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    x = make_points(17, 2000, 20, "clustered")
+    labeled = rng.choice(2000, 300, replace=False)
+    direct = diversity_select("kcenter", x, 30, labeled=labeled, nearest_backend=backend)
+    assert_greedy(x, direct.indices, labeled)
+
+
+# --- k-means++ -------------------------------------------------------------------------------------
+
+def sequence_probability(x, sequence, exclude=()):
+    """Probability that k-means++ draws exactly this ordered sequence."""
+    candidates = len(x) - len(exclude)
+    prob = 1.0 / candidates
+    for t in range(1, len(sequence)):
+        prob *= ref.d2_probabilities(x, sequence[:t], exclude)[sequence[t]]
+    return prob
+
+
+def chi_square(observed: dict, expected: dict, trials: int) -> float:
+    return float(sum((observed.get(key, 0) - trials * p) ** 2 / (trials * p) for key, p in expected.items() if p > 0))
+
+
+def test_kmeans_pp_follows_the_d2_distribution():
+    x = np.array([[0, 0], [1, 0], [0, 2], [3, 3], [-2, 1], [5, -1]], dtype=np.float32)
+    exclude = [4]
+    trials = 4000
+    observed: dict = {}
+    for seed in range(trials):
+        seq = tuple(af.kmeans_pp(x, 3, seed=seed, exclude=exclude).tolist())
+        observed[seq] = observed.get(seq, 0) + 1
+    import itertools
+
+    rows = [0, 1, 2, 3, 5]
+    expected = {seq: sequence_probability(x.astype(np.float64), list(seq), exclude)
+                for seq in itertools.permutations(rows, 3)}
+    assert set(observed) <= set(expected)  # the excluded row never appears
+    assert abs(sum(expected.values()) - 1) < 1e-9
+    assert chi_square(observed, expected, trials) < 110  # 59 degrees of freedom, p ~ 1e-4
+
+
+def test_kmeans_pp_zero_weight_rows_are_drawn_last(rng):
+    x = np.repeat(rng.standard_normal((3, 4)).astype(np.float32), 4, axis=0)  # 3 values x 4 copies
+    picks = af.kmeans_pp(x, 12, seed=5)
+    assert len(np.unique(x[picks[:3]], axis=0)) == 3  # positive weight first
+    assert sorted(picks.tolist()) == list(range(12))
+
+
+# --- BADGE ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_badge_factorised_distances_equal_the_explicit_embeddings(from_logits, dtype, rng):
+    n, c, d, k = 300, 7, 5, 25
+    h = rng.standard_normal((n, d)).astype(dtype)
+    if from_logits:
+        z = (rng.standard_normal((n, c)) * 3).astype(dtype)
+        p = ref.probabilities(z, True)
+    else:
+        p = rng.dirichlet(np.full(c, 0.3), n).astype(dtype)
+        z = p
+    result = diversity_select("badge", h, k, x=z, from_logits=from_logits, seed=3)
+    g = ref.gradient_embedding(as_float64(p), as_float64(h))
+    picks = result.indices
+    norms = (g**2).sum(1)
+    assert picks[0] == int(np.argmax(norms)) or norms[picks[0]] >= norms.max() * (1 - 1e-5)
+    nearest = np.full(n, np.inf)
+    for t, row in enumerate(picks):
+        if t:
+            tol = 2e-3 if dtype == np.float16 else 1e-4
+            assert result.distances[t] == pytest.approx(nearest[row], rel=tol, abs=tol * norms.max())
+        nearest = np.minimum(nearest, ((g - g[row]) ** 2).sum(1))
+    assert len(np.unique(picks)) == k
+
+
+def test_badge_keeps_the_one_minus_p_term():
+    # Regression: dropping the (1 - p) term of the predicted class (using p instead of p - 1)
+    # changes which row has the largest gradient embedding.
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5]], dtype=np.float64)
+    h = np.array([[1.0], [1.0], [1.0]])
+    g = ref.gradient_embedding(p, h)
+    assert int(af.badge(p, h, 1)[0]) == int(np.argmax((g**2).sum(1))) == 2
+
+
+def test_badge_follows_the_d2_distribution_in_embedding_space():
+    rng = np.random.default_rng(21)
+    p = rng.dirichlet(np.ones(3), 6)
+    h = rng.standard_normal((6, 2))
+    g = ref.gradient_embedding(p, h)
+    first = int(np.argmax((g**2).sum(1)))
+    trials = 3000
+    seconds = np.bincount([int(af.badge(p, h, 2, seed=s)[1]) for s in range(trials)], minlength=6)
+    expected = ref.d2_probabilities(g, [first])
+    assert seconds[first] == 0
+    observed = {i: seconds[i] for i in range(6)}
+    assert chi_square(observed, dict(enumerate(expected)), trials) < 23.5  # 4 d.o.f., p ~ 1e-4
+
+
+def test_badge_exclude_and_logits_agree_with_probabilities(rng):
+    z = rng.standard_normal((500, 6)).astype(np.float64) * 2
+    p = ref.probabilities(z, True)
+    h = rng.standard_normal((500, 9))
+    exclude = rng.choice(500, 100, replace=False)
+    a = af.badge(z, h, 30, from_logits=True, exclude=exclude, seed=8)
+    b = af.badge(p, h, 30, exclude=exclude, seed=8)
+    assert not np.isin(a, exclude).any()
+    assert (a == b).mean() > 0.8  # same draws; only near-boundary draws may differ by rounding
+
+
+# --- inputs -----------------------------------------------------------------------------------------
+
+def test_strided_memmap_and_torch_inputs_give_identical_picks(tmp_path, rng):
+    torch = pytest.importorskip("torch")
+    x = make_points(19, 2000, 32, "clustered", np.float16)
+    expected = af.kcenter_greedy(x, 50, seed=2)
+    path = tmp_path / "features.f16"
+    x.tofile(path)
+    mm = np.memmap(path, dtype=np.float16, mode="r", shape=x.shape)
+    np.testing.assert_array_equal(af.kcenter_greedy(mm, 50, seed=2), expected)
+    wide = np.zeros((2000, 64), np.float16)
+    wide[:, ::2] = x
+    np.testing.assert_array_equal(af.kcenter_greedy(wide[:, ::2], 50, seed=2), expected)
+    np.testing.assert_array_equal(af.kcenter_greedy(np.asfortranarray(x), 50, seed=2), expected)
+    picks = af.kcenter_greedy(torch.from_numpy(x), 50, seed=2)
+    assert isinstance(picks, torch.Tensor) and picks.dtype == torch.int64
+    np.testing.assert_array_equal(picks.numpy(), expected)
+    np.testing.assert_array_equal(af.kcenter_greedy(x.astype(np.float32), 50, seed=2), expected)
+
+
+def test_k_zero_and_all_rows():
+    x = make_points(1, 30, 3, "gaussian")
+    assert af.kcenter_greedy(x, 0).shape == (0,)
+    assert sorted(af.kmeans_pp(x, 30).tolist()) == list(range(30))
+    assert sorted(af.kcenter_greedy(x, 25, labeled=range(5)).tolist()) == list(range(5, 30))
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+def test_errors_name_the_problem(rng):
+    x = rng.standard_normal((100, 4)).astype(np.float32)
+    p = rng.dirichlet(np.ones(3), 100).astype(np.float32)
+    bad = x.copy()
+    bad[37, 2] = np.nan
+    with pytest.raises(ValueError, match="row 37 of features contains NaN or Inf"):
+        af.kcenter_greedy(bad, 5)
+    with pytest.raises(ValueError, match="row 37 of features"):
+        af.kcenter_greedy(bad, 5, labeled=[37])
+    with pytest.raises(ValueError, match="row 37 of features"):
+        af.badge(p, bad, 5)
+    with pytest.raises(ValueError, match="row 37 of features"):
+        af.kmeans_pp(bad, 5, seed=1)
+    bad_p = p.copy()
+    bad_p[12, 0] = np.inf
+    with pytest.raises(ValueError, match="row 12 of x contains NaN or Inf"):
+        af.badge(bad_p, x, 5)
+    bad_p = p.copy()
+    bad_p[12] *= 2
+    with pytest.raises(ValueError, match="row 12 of x"):
+        af.badge(bad_p, x, 5)
+    af.badge(bad_p, x, 5, validate=False)
+    with pytest.raises(ValueError, match="k=101 is larger than the 100 rows"):
+        af.kcenter_greedy(x, 101)
+    with pytest.raises(ValueError, match="k=96 is larger than the 95 rows that may be picked"):
+        af.kcenter_greedy(x, 96, labeled=range(5))
+    with pytest.raises(ValueError, match="all 100 rows are labelled or excluded"):
+        af.kmeans_pp(x, 1, exclude=np.ones(100, bool))
+    with pytest.raises(ValueError, match="x has 99 rows but features has 100"):
+        af.badge(p[:99], x, 5)
+    with pytest.raises(ValueError, match="index 7 more than once"):
+        af.kcenter_greedy(x, 5, labeled=[7, 3, 7])
+    with pytest.raises(ValueError, match="index 100, outside"):
+        af.kcenter_greedy(x, 5, labeled=[100])
+    with pytest.raises(ValueError, match="2-dimensional"):
+        af.kcenter_greedy(x[:, 0], 5)
+    with pytest.raises(TypeError, match="features must be float16, bfloat16, float32 or float64"):
+        af.kcenter_greedy(x.astype(np.int32), 5)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        af.kcenter_greedy(x, 2.5)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        af.kmeans_pp(x, 2, seed="a")
+    with pytest.raises(ValueError, match="exclude"):
+        af.kmeans_pp(x, 2, exclude=[200])
+
+
+def test_an_exception_in_the_progress_callback_cancels_the_run(rng):
+    x = rng.standard_normal((500, 4)).astype(np.float32)
+    picks = np.empty(20, np.int64)
+
+    def boom(done, total):
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        _C.diversity(0, x, None, False, True, None, None, None, picks, None, 20, 0, 0, True, False, 0, boom)
