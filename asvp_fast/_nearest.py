@@ -57,14 +57,22 @@ def nearest_labelled(features: Any, labeled: np.ndarray, threads: int = 0,
             backend = "torch"
         else:
             backend = "faiss" if _faiss_module() is not None else "numpy"
-    if backend == "torch":
-        return _nearest_torch(features, labeled)
+    if backend not in ("faiss", "numpy", "torch"):
+        raise ValueError(f"unknown nearest-neighbour backend {backend!r}")
     centres = _labelled_rows(features, labeled)
-    if backend == "faiss":
-        return _nearest_faiss(features, centres, threads)
-    if backend == "numpy":
-        return _nearest_numpy(features, centres)
-    raise ValueError(f"unknown nearest-neighbour backend {backend!r}")
+    finite = np.isfinite(centres).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"row {int(labeled[np.argmin(finite)])} of features contains NaN or Inf")
+    if backend == "torch":
+        nearest = _nearest_torch(features, labeled)
+    elif backend == "faiss":
+        nearest = _nearest_faiss(features, centres, threads)
+    else:
+        nearest = _nearest_numpy(features, centres)
+    # Rows holding NaN/Inf get no neighbour (-1 from faiss) or an arbitrary one; any valid entry
+    # will do, since the kernel checks every row it reads and names the first bad one.
+    np.clip(nearest, 0, len(labeled) - 1, out=nearest)
+    return nearest
 
 
 def _labelled_rows(features: Any, labeled: np.ndarray) -> np.ndarray:

@@ -318,7 +318,7 @@ py::dict run_diversity(int method, const py::object& features_obj, const py::obj
 #if !defined(ASVP_WITH_CUDA)
   require(!use_cuda, "this build of asvp_fast has no CUDA kernels");
 #endif
-  (void)stream;
+  p.cuda_stream = stream;
   std::unique_ptr<py::error_already_set> pending;
   p.on_progress = progress_hook(progress, pending);
   DiversityStats st;

@@ -35,6 +35,7 @@ struct DiversityParams {
   uint64_t seed = 0;
   int threads = 0;        // <= 0: every available core
   bool prune = true;      // triangle-inequality skipping (results are identical either way)
+  uintptr_t cuda_stream = 0;  // CUDA path: the caller's stream (0: the legacy default stream)
   // Called by the calling thread after each pick with (picks done, k); returning false cancels.
   std::function<bool(int64_t, int64_t)> on_progress;
 };

@@ -115,6 +115,7 @@ class Euclidean {
 
   int64_t dense_size() const { return d_; }
   int64_t scratch_size() const { return d_; }
+  float prune_slack() const { return 0.0f; }  // direct sums: the error is relative (see kPruneFactor)
 
   void load(int64_t row, float* dense, float* scratch) const {
     const float* v = row_as_float<T>(x_, row, scratch);
@@ -151,6 +152,8 @@ class Badge {
   // Layout of a dense centre: q (C), h (d), |q|^2, |h|^2.
   int64_t dense_size() const { return C_ + d_ + 2; }
   int64_t scratch_size() const { return C_ + d_; }
+  float prune_slack() const { return slack_; }
+  void set_largest_embedding(double sq_norm) { slack_ = badge_prune_slack(C_, d_, sq_norm); }
 
   // Fills the per-row constants; returns the row's problem (0 none, 1 non-finite scores,
   // 2 non-finite features, 3 probabilities outside [0, 1], 4 probabilities not summing to 1).
@@ -241,6 +244,7 @@ class Badge {
   ArrayView s_, h_;
   bool logits_, validate_;
   double sum_tolerance_;
+  float slack_ = 0.0f;
   int64_t C_, d_;
   std::vector<int32_t> predicted_;
   std::vector<float> q_norm_, h_norm_, log_partition_;
@@ -379,7 +383,7 @@ class Engine {
         if (r < 0.0f) continue;
         ++possible;
         int32_t& a = assigned_[static_cast<size_t>(i)];
-        if (p_.prune && a >= 0 && cannot_improve(r, centre_gap(a, pick, s, gaps))) continue;
+        if (p_.prune && a >= 0 && cannot_improve(r, centre_gap(a, pick, s, gaps), m_.prune_slack())) continue;
         if (validate && !m_.row_finite(i, s)) record_bad(bad, i);
         ++computed;
         fold_in_centre(r, a, m_.distance(centre_.data(), i, s), slot);
@@ -575,6 +579,7 @@ void run_badge(const DiversityParams& p, DiversityStats& st) {
       first = i;
     }
   }
+  metric.set_largest_embedding(best);
   run(p, st, engine, false, first);
 }
 

@@ -24,8 +24,18 @@ constexpr float kNotCandidate = -1.0f;
 constexpr float kPruneFactor = 4.04f;
 
 // True when the new centre provably cannot lower r: the row coincides with its centre (r == 0;
-// a squared distance is never negative) or the triangle inequality rules it out.
-ASVP_HD bool cannot_improve(float r, float centre_to_new_sq) { return r == 0.0f || centre_to_new_sq >= kPruneFactor * r; }
+// a squared distance is never negative) or the triangle inequality rules it out. `slack` is an
+// absolute allowance for distances whose error is not relative to their size (BADGE's
+// factorised form cancels); 0 for direct Euclidean sums.
+ASVP_HD bool cannot_improve(float r, float centre_to_new_sq, float slack) {
+  return r == 0.0f || centre_to_new_sq >= kPruneFactor * r + slack;
+}
+
+// BADGE's absolute error allowance: the float dots of C and d terms carry an error of at most
+// about (C + d) 2^-24 times |g_i| |g_j| <= max |g|^2, and the combination doubles it.
+ASVP_HD float badge_prune_slack(int64_t C, int64_t d, double max_embedding_sq_norm) {
+  return static_cast<float>(4.0 * static_cast<double>(C + d) * 5.9604644775390625e-08 * max_embedding_sq_norm);
+}
 
 // Squared-distance update of one row; returns true when the new centre is now its nearest.
 ASVP_HD bool fold_in_centre(float& r, int32_t& assigned, float distance_sq, int32_t new_slot) {

@@ -15,49 +15,12 @@
 #include <vector>
 
 #include "cuda_runtime_info.h"
+#include "cuda_util.cuh"
 #include "radix_select.h"
 #include "uncertainty.h"
 
 namespace asvp {
 namespace {
-
-void check_cuda(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(status));
-}
-
-template <class T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t count) : count_(count) {
-    if (count_ > 0) check_cuda(cudaMalloc(&ptr_, count_ * sizeof(T)), "cudaMalloc");
-  }
-  ~DeviceBuffer() {
-    if (ptr_) cudaFree(ptr_);
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  T* get() const { return ptr_; }
-  size_t size() const { return count_; }
-
- private:
-  T* ptr_ = nullptr;
-  size_t count_ = 0;
-};
-
-// Makes `device` current for the lifetime of the guard.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (device != previous_) check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
-};
 
 constexpr int kWarp = 32;
 constexpr int kRowThreads = 256;
@@ -170,10 +133,6 @@ __global__ void gather_candidates_kernel(const uint32_t* keys, int64_t n, uint32
   }
 }
 
-int grid_for(int64_t work, int threads) {
-  const int64_t blocks = (work + threads - 1) / threads;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 65535)));
-}
 
 // Finds the k largest keys (ties to the lower row) and returns their rows, best first.
 std::vector<int64_t> select_top_keys(const uint32_t* keys, int64_t n, int64_t k, cudaStream_t stream) {

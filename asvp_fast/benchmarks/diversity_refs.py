@@ -30,31 +30,29 @@ _SPREAD = 0.7
 _CHUNK_ELEMS = 1 << 22
 
 
-def _chunk_rows(d: int) -> int:
-    return max(1, _CHUNK_ELEMS // max(d, 1))
-
-
 def _clustered_chunks(n: int, d: int, clusters: int, seed: int) -> Iterator[Tuple[int, np.ndarray]]:
     """Yield (start row, float32 chunk) of the Gaussian mixture, in row order."""
     rng = np.random.default_rng(seed)
     # Dirichlet(1) proportions give uneven cluster sizes (some large, some tiny).
     props = rng.dirichlet(np.ones(clusters))
     centres = rng.standard_normal((clusters, d), dtype=np.float32)
-    step = _chunk_rows(d)
+    step = max(1, _CHUNK_ELEMS // max(d, 1))
     for s in range(0, n, step):
         rows = min(step, n - s)
         labels = rng.choice(clusters, size=rows, p=props)
-        chunk = rng.standard_normal((rows, d), dtype=np.float32)
-        chunk *= _SPREAD
-        chunk += centres[labels]
-        yield s, chunk
+        yield s, rng.standard_normal((rows, d), dtype=np.float32) * np.float32(_SPREAD) + centres[labels]
+
+
+def _reopen_readonly(mm: np.memmap) -> np.memmap:
+    """Flush a freshly written memmap and reopen its file read-only (mode "r")."""
+    mm.flush()
+    assert mm.filename is not None  # always set for a memmap opened from a path
+    return np.memmap(mm.filename, dtype=mm.dtype, mode="r", shape=mm.shape)
 
 
 def make_clustered(n: int, d: int, *, clusters: int = 100, dtype=np.float32, seed: int = 0) -> np.ndarray:
-    """N x d Gaussian mixture (centres ~ N(0, I), points = centre + N(0, 0.7^2 I)), chunked.
-
-    Peak memory is the output plus one ~16 MiB float32 chunk.
-    """
+    """N x d Gaussian mixture (centres ~ N(0, I), points = centre + N(0, 0.7^2 I)), chunked:
+    peak memory is the output plus one ~16 MiB float32 chunk."""
     out = np.empty((n, d), dtype=dtype)
     for s, chunk in _clustered_chunks(n, d, clusters, seed):
         out[s:s + len(chunk)] = chunk
@@ -67,9 +65,7 @@ def make_clustered_memmap(path: str, n: int, d: int, *, clusters: int = 100, dty
     mm = np.memmap(path, dtype=dtype, mode="w+", shape=(n, d))
     for s, chunk in _clustered_chunks(n, d, clusters, seed):
         mm[s:s + len(chunk)] = chunk
-    mm.flush()
-    del mm  # close the writable mapping before reopening
-    return np.memmap(path, dtype=dtype, mode="r", shape=(n, d))
+    return _reopen_readonly(mm)
 
 
 def _badge_chunks(n: int, c: int, d: int, seed: int) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
@@ -86,14 +82,18 @@ def _badge_chunks(n: int, c: int, d: int, seed: int) -> Iterator[Tuple[int, np.n
         yield s, p, feats
 
 
-def make_badge_inputs(n: int, c: int, d: int, *, seed: int = 0,
-                      dtype=np.float32) -> Tuple[np.ndarray, np.ndarray]:
-    """(probabilities N x C, features N x d): softmax of a random linear map of clustered features."""
-    probs = np.empty((n, c), dtype=dtype)
-    feats = np.empty((n, d), dtype=dtype)
+def _fill_badge(probs: np.ndarray, feats: np.ndarray, seed: int) -> None:
+    (n, c), d = probs.shape, feats.shape[1]
     for s, p, h in _badge_chunks(n, c, d, seed):
         probs[s:s + len(p)] = p
         feats[s:s + len(h)] = h
+
+
+def make_badge_inputs(n: int, c: int, d: int, *, seed: int = 0,
+                      dtype=np.float32) -> Tuple[np.ndarray, np.ndarray]:
+    """(probabilities N x C, features N x d): softmax of a random linear map of clustered features."""
+    probs, feats = np.empty((n, c), dtype=dtype), np.empty((n, d), dtype=dtype)
+    _fill_badge(probs, feats, seed)
     return probs, feats
 
 
@@ -101,17 +101,10 @@ def make_badge_memmaps(dir: str, n: int, c: int, d: int, *, seed: int = 0,
                        dtype=np.float16) -> Tuple[np.memmap, np.memmap]:
     """Same data as make_badge_inputs, as read-only memmaps dir/probs.bin and dir/features.bin."""
     os.makedirs(dir, exist_ok=True)
-    pp, fp = os.path.join(dir, "probs.bin"), os.path.join(dir, "features.bin")
-    probs = np.memmap(pp, dtype=dtype, mode="w+", shape=(n, c))
-    feats = np.memmap(fp, dtype=dtype, mode="w+", shape=(n, d))
-    for s, p, h in _badge_chunks(n, c, d, seed):
-        probs[s:s + len(p)] = p
-        feats[s:s + len(h)] = h
-    probs.flush()
-    feats.flush()
-    del probs, feats
-    return (np.memmap(pp, dtype=dtype, mode="r", shape=(n, c)),
-            np.memmap(fp, dtype=dtype, mode="r", shape=(n, d)))
+    probs = np.memmap(os.path.join(dir, "probs.bin"), dtype=dtype, mode="w+", shape=(n, c))
+    feats = np.memmap(os.path.join(dir, "features.bin"), dtype=dtype, mode="w+", shape=(n, d))
+    _fill_badge(probs, feats, seed)
+    return _reopen_readonly(probs), _reopen_readonly(feats)
 
 
 def _labeled_array(labeled: Optional[np.ndarray]) -> np.ndarray:
@@ -130,26 +123,23 @@ def kcenter_sklearn_style(x: np.ndarray, k: int, first: int,
     """
     from sklearn.metrics import pairwise_distances
 
+    def update_distances(min_d: Optional[np.ndarray], centers: np.ndarray) -> np.ndarray:
+        dist = pairwise_distances(x, x[centers], metric="euclidean").min(axis=1, keepdims=True)
+        return dist if min_d is None else np.minimum(min_d, dist)
+
     lab = _labeled_array(labeled)
     min_d: Optional[np.ndarray] = None
-
-    def update_distances(centers: np.ndarray) -> None:
-        nonlocal min_d
-        dist = pairwise_distances(x, x[centers], metric="euclidean").min(axis=1, keepdims=True)
-        min_d = dist if min_d is None else np.minimum(min_d, dist)
-
-    if lab.size:
-        # Blocks of labelled centres bound the N x L matrix the original builds in one go.
-        for b in range(0, lab.size, 1024):
-            update_distances(lab[b:b + 1024])
+    # Blocks of labelled centres bound the N x L matrix the original builds in one go.
+    for b in range(0, lab.size, 1024):
+        min_d = update_distances(min_d, lab[b:b + 1024])
+    if min_d is not None:
         min_d[lab] = -np.inf
-    picks = []
-    for _ in range(k):
-        ind = int(first) if min_d is None else int(np.argmax(min_d))
-        update_distances(np.array([ind]))
-        min_d[ind] = -np.inf
-        picks.append(ind)
-    return np.asarray(picks, dtype=np.int64)
+    picks = np.empty(k, dtype=np.int64)
+    for t in range(k):
+        picks[t] = int(first) if min_d is None else int(np.argmax(min_d))
+        min_d = update_distances(min_d, picks[t:t + 1])
+        min_d[picks[t]] = -np.inf
+    return picks
 
 
 def _f32_chunk(x: np.ndarray, s: int, e: int) -> np.ndarray:
@@ -158,20 +148,14 @@ def _f32_chunk(x: np.ndarray, s: int, e: int) -> np.ndarray:
 
 
 def _sq_norms_f32(x: np.ndarray, chunk_rows: int) -> np.ndarray:
-    n = x.shape[0]
-    out = np.empty(n, dtype=np.float32)
-    for s in range(0, n, chunk_rows):
-        xc = _f32_chunk(x, s, s + chunk_rows)
-        out[s:s + len(xc)] = np.einsum("ij,ij->i", xc, xc)
-    return out
+    chunks = (_f32_chunk(x, s, s + chunk_rows) for s in range(0, x.shape[0], chunk_rows))
+    return np.concatenate([np.einsum("ij,ij->i", xc, xc) for xc in chunks] or [np.empty(0, np.float32)])
 
 
 def kcenter_numpy_incremental(x: np.ndarray, k: int, first: int, labeled: Optional[np.ndarray] = None,
                               chunk_rows: int = 65536) -> np.ndarray:
     """Vectorised incremental k-center greedy in float32: one GEMV per pick, chunked over rows.
-
-    min squared distance = min(|x|^2 + |c|^2 - 2 x.c); picked/labelled rows are held at -inf.
-    """
+    min squared distance = min(|x|^2 + |c|^2 - 2 x.c); picked/labelled rows are held at -inf."""
     n = x.shape[0]
     lab = _labeled_array(labeled)
     sq = _sq_norms_f32(x, chunk_rows)
@@ -192,10 +176,7 @@ def kcenter_numpy_incremental(x: np.ndarray, k: int, first: int, labeled: Option
         c = _f32_chunk(x, ind, ind + 1)[0]
         for s in range(0, n, chunk_rows):
             xc = _f32_chunk(x, s, s + chunk_rows)
-            dist = xc @ c
-            dist *= -2.0
-            dist += sq[s:s + len(xc)]
-            dist += sq[ind]
+            dist = sq[s:s + len(xc)] + sq[ind] - 2.0 * (xc @ c)
             np.minimum(min_d[s:s + len(xc)], dist, out=min_d[s:s + len(xc)])
         min_d[ind] = -np.inf
     return picks
@@ -215,10 +196,7 @@ def kcenter_torch_incremental(x: np.ndarray, k: int, first: int, labeled: Option
     """Same algorithm as kcenter_numpy_incremental with torch CPU ops (addmv per chunk), float32."""
     n = x.shape[0]
     lab = _labeled_array(labeled)
-    sq = torch.empty(n, dtype=torch.float32)
-    for s in range(0, n, chunk_rows):
-        xc = _torch_f32_chunk(x, s, s + chunk_rows)
-        sq[s:s + len(xc)] = (xc * xc).sum(dim=1)
+    sq = torch.from_numpy(_sq_norms_f32(x, chunk_rows))  # same float32 norms as the NumPy path
     min_d = torch.full((n,), float("inf"), dtype=torch.float32)
     if lab.size:
         for b in range(0, lab.size, 64):
@@ -263,14 +241,10 @@ def badge_labelbench_style(probs: np.ndarray, features: np.ndarray, k: int, seed
     """
     n = probs.shape[0]
     rng = np.random.default_rng(seed)
-    qn = np.empty(n)
-    hn = np.empty(n)
+    norms = np.empty(n)  # |g_i|^2 = |q_i|^2 |h_i|^2
     for s in range(0, n, chunk_rows):
-        q = _residuals_f64(probs[s:s + chunk_rows])
-        h = np.asarray(features[s:s + chunk_rows], dtype=np.float64)
-        qn[s:s + len(q)] = np.einsum("ij,ij->i", q, q)
-        hn[s:s + len(h)] = np.einsum("ij,ij->i", h, h)
-    norms = qn * hn
+        q, h = _residuals_f64(probs[s:s + chunk_rows]), np.asarray(features[s:s + chunk_rows], np.float64)
+        norms[s:s + len(q)] = np.einsum("ij,ij->i", q, q) * np.einsum("ij,ij->i", h, h)
     d2 = np.full(n, np.inf)
     picked = np.zeros(n, dtype=bool)
     picks = np.empty(k, dtype=np.int64)
@@ -280,11 +254,9 @@ def badge_labelbench_style(probs: np.ndarray, features: np.ndarray, k: int, seed
         picked[ind] = True
         if t == k - 1:
             break
-        qc = _residuals_f64(probs[ind:ind + 1])[0]
-        hc = np.asarray(features[ind], dtype=np.float64)
+        qc, hc = _residuals_f64(probs[ind:ind + 1])[0], np.asarray(features[ind], np.float64)
         for s in range(0, n, chunk_rows):
-            q = _residuals_f64(probs[s:s + chunk_rows])
-            h = np.asarray(features[s:s + chunk_rows], dtype=np.float64)
+            q, h = _residuals_f64(probs[s:s + chunk_rows]), np.asarray(features[s:s + chunk_rows], np.float64)
             dist = norms[s:s + len(q)] + norms[ind] - 2.0 * (q @ qc) * (h @ hc)
             np.minimum(d2[s:s + len(q)], dist, out=d2[s:s + len(q)])
         np.maximum(d2, 0.0, out=d2)  # cancellation can leave tiny negatives
