@@ -66,6 +66,36 @@ float dot(const float* a, const float* b, int64_t n) {
   return merge_lanes(acc);
 }
 
+// sq_distance for float16 rows, converted in registers (no buffer round trip), 16 values per
+// step in two accumulators. Used for every float16 row, so distances stay consistent. The
+// AVX-512 variant uses it too: 512-bit conversions were no faster on the machine we measure on.
+#if defined(__F16C__) && defined(__FMA__) && defined(__AVX2__)
+float sq_distance_half(const half_bits* row, const float* c, int64_t n) {
+  const uint16_t* h = reinterpret_cast<const uint16_t*>(row);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m256 a = _mm256_sub_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + j))),
+                                   _mm256_loadu_ps(c + j));
+    const __m256 b = _mm256_sub_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + j + 8))),
+                                   _mm256_loadu_ps(c + j + 8));
+    acc0 = _mm256_fmadd_ps(a, a, acc0);
+    acc1 = _mm256_fmadd_ps(b, b, acc1);
+  }
+  float tail = 0.0f;
+  for (; j < n; ++j) {
+    const float t = half_to_float(h[j]) - c[j];
+    tail += t * t;
+  }
+  const __m256 acc = _mm256_add_ps(acc0, acc1);
+  __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  v = _mm_add_ss(v, _mm_movehdup_ps(v));
+  return _mm_cvtss_f32(v) + tail;
+}
+#define ASVP_HAVE_FUSED_HALF 1
+#endif
+
 // True when every value is finite (x - x is 0 for finite x, NaN for NaN and +-Inf).
 bool all_finite(const float* v, int64_t n) {
   float acc[kLanes] = {};
@@ -102,6 +132,13 @@ const float* row_as_float(const ArrayView& a, int64_t row, float* buffer) {
   return buffer;
 }
 
+// Asks for a stored row's cache lines ahead of use.
+inline void prefetch_row(const ArrayView& a, int64_t row) {
+  const char* p = static_cast<const char*>(a.data) + row * a.strides[0] * dtype_size(a.dtype);
+  const int64_t bytes = (a.strides[1] == 1 ? a.shape[1] : 1) * dtype_size(a.dtype);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Metrics. A centre is held "dense" (float32, prepared once per pick); distance(centre, row)
 // reads one row. distance(dense(i), j) == distance(dense(j), i) bit for bit, so centre-to-centre
@@ -116,6 +153,7 @@ class Euclidean {
   int64_t dense_size() const { return d_; }
   int64_t scratch_size() const { return d_; }
   float prune_slack() const { return 0.0f; }  // direct sums: the error is relative (see kPruneFactor)
+  void prefetch(int64_t row) const { prefetch_row(x_, row); }
 
   void load(int64_t row, float* dense, float* scratch) const {
     const float* v = row_as_float<T>(x_, row, scratch);
@@ -123,6 +161,12 @@ class Euclidean {
   }
 
   float distance(const float* centre, int64_t row, float* scratch) const {
+#if defined(ASVP_HAVE_FUSED_HALF)
+    if constexpr (std::is_same<T, half_bits>::value) {
+      if (x_.strides[1] == 1)
+        return sq_distance_half(static_cast<const half_bits*>(x_.data) + row * x_.strides[0], centre, d_);
+    }
+#endif
     return sq_distance(centre, row_as_float<T>(x_, row, scratch), d_);
   }
 
@@ -153,6 +197,10 @@ class Badge {
   int64_t dense_size() const { return C_ + d_ + 2; }
   int64_t scratch_size() const { return C_ + d_; }
   float prune_slack() const { return slack_; }
+  void prefetch(int64_t row) const {
+    prefetch_row(s_, row);
+    prefetch_row(h_, row);
+  }
   void set_largest_embedding(double sq_norm) { slack_ = badge_prune_slack(C_, d_, sq_norm); }
 
   // Fills the per-row constants; returns the row's problem (0 none, 1 non-finite scores,
@@ -378,16 +426,50 @@ class Engine {
 #pragma omp parallel for num_threads(threads_) schedule(dynamic, 4) reduction(+ : possible, computed, gaps)
     for (int64_t b = 0; b < blocks_; ++b) {
       float* s = scratch_[static_cast<size_t>(omp_get_thread_num())].data();
-      for (int64_t i = b * kSampleBlock; i < std::min(n_, (b + 1) * kSampleBlock); ++i) {
-        float& r = r_[static_cast<size_t>(i)];
+      // First the cheap test for every row of the block; then the distances. When few rows
+      // remain they are visited with software prefetch a few rows ahead (the gaps left by
+      // skipped rows defeat the hardware prefetcher); when many remain, every open row of the
+      // block is computed in order, which streams faster than a gappy walk (measured on BADGE:
+      // a gappy walk costs 2.6x more per distance). Computing a row the test ruled out changes
+      // nothing, since its distance cannot be the smaller one.
+      int32_t todo[kSampleBlock];
+      int count = 0, open = 0;
+      const int64_t begin = b * kSampleBlock;
+      const int64_t end = std::min(n_, begin + kSampleBlock);
+      for (int64_t i = begin; i < end; ++i) {
+        const float r = r_[static_cast<size_t>(i)];
         if (r < 0.0f) continue;
         ++possible;
-        int32_t& a = assigned_[static_cast<size_t>(i)];
+        const int32_t a = assigned_[static_cast<size_t>(i)];
+        open += r > 0.0f;
         if (p_.prune && a >= 0 && cannot_improve(r, centre_gap(a, pick, s, gaps), m_.prune_slack())) continue;
-        if (validate && !m_.row_finite(i, s)) record_bad(bad, i);
-        ++computed;
-        fold_in_centre(r, a, m_.distance(centre_.data(), i, s), slot);
+        todo[count++] = static_cast<int32_t>(i - begin);
       }
+      if (10 * count >= 4 * open) {  // dense: stream the block
+        count = 0;
+        for (int64_t i = begin; i < end; ++i)
+          if (r_[static_cast<size_t>(i)] > 0.0f || (validate && r_[static_cast<size_t>(i)] >= 0.0f))
+            todo[count++] = static_cast<int32_t>(i - begin);
+        for (int j = 0; j < count; ++j) {
+          const int64_t i = begin + todo[j];
+          if (validate && !m_.row_finite(i, s)) record_bad(bad, i);
+          fold_in_centre(r_[static_cast<size_t>(i)], assigned_[static_cast<size_t>(i)],
+                         m_.distance(centre_.data(), i, s), slot);
+        }
+        computed += count;
+        aggregate(b);
+        continue;
+      }
+      constexpr int kAhead = 2;
+      for (int j = 0; j < std::min(count, kAhead); ++j) m_.prefetch(begin + todo[j]);
+      for (int j = 0; j < count; ++j) {
+        if (j + kAhead < count) m_.prefetch(begin + todo[j + kAhead]);
+        const int64_t i = begin + todo[j];
+        if (validate && !m_.row_finite(i, s)) record_bad(bad, i);
+        fold_in_centre(r_[static_cast<size_t>(i)], assigned_[static_cast<size_t>(i)],
+                       m_.distance(centre_.data(), i, s), slot);
+      }
+      computed += count;
       aggregate(b);
     }
     st_.distances_possible += possible;

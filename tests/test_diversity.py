@@ -177,6 +177,37 @@ def test_nearest_labelled_backends_agree(backend, rng):
 
 # --- k-means++ -------------------------------------------------------------------------------------
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(1, 400),
+    d=st.integers(1, 24),
+    c=st.integers(1, 12),
+    dtype=st.sampled_from(DTYPES),
+    layout=st.sampled_from(["gaussian", "clustered", "duplicates", "grid"]),
+    from_logits=st.booleans(),
+    data=st.data(),
+)
+def test_d2_methods_are_unchanged_by_pruning(seed, n, d, c, dtype, layout, from_logits, data):
+    x = make_points(seed, n, d, layout, dtype)
+    rng = np.random.default_rng(seed)
+    scores = (rng.standard_normal((n, c)) * 3).astype(dtype)
+    if not from_logits:
+        scores = ref.probabilities(scores, True).astype(dtype)
+    if layout == "duplicates":  # duplicated embeddings too
+        scores = scores[np.arange(n) % max(1, n // 7)]
+    exclude = rng.random(n) < 0.2
+    k = data.draw(st.integers(1, max(1, n - int(exclude.sum()))))
+    if int((~exclude).sum()) < k:
+        exclude[:] = False
+    for method in ("kmeans_pp", "badge"):
+        kwargs = dict(x=scores, from_logits=from_logits, exclude=exclude, seed=seed, validate=False)
+        pruned = diversity_select(method, x, k, **kwargs)
+        plain = diversity_select(method, x, k, prune=False, **kwargs)
+        np.testing.assert_array_equal(pruned.indices, plain.indices)
+        np.testing.assert_array_equal(pruned.distances, plain.distances)
+        assert len(np.unique(pruned.indices)) == k and not exclude[pruned.indices].any()
+
 def sequence_probability(x, sequence, exclude=()):
     """Probability that k-means++ draws exactly this ordered sequence."""
     candidates = len(x) - len(exclude)

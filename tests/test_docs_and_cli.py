@@ -17,8 +17,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_quick_start_runs():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "the README has no Python example"
+    namespace: dict = {}  # the examples read as one session: later blocks use earlier names
     for code in blocks:
-        exec(compile(code, str(README), "exec"), {})
+        exec(compile(code, str(README), "exec"), namespace)
 
 
 def test_cli_backends(capsys):
@@ -57,3 +58,34 @@ def test_results_notes_survive_a_rerun(tmp_path):
     path.write_text("# old table\n\n## Notes\n\n- keep me\n")
     assert bench._kept_notes(str(path)) == "\n## Notes\n\n- keep me\n"
     assert bench._kept_notes(str(tmp_path / "missing.md")) == ""
+
+
+def test_diversity_benchmark_runs_on_tiny_sizes(tmp_path):
+    from asvp_fast.benchmarks import diversity as dbench
+
+    cases = [
+        dbench.DiversityCase("kc tiny", "kcenter", 3000, 16, 40, "float16", memmap=True,
+                             references=(("numpy-incremental", 0), ("sklearn-style", 10))),
+        dbench.DiversityCase("badge tiny", "badge", 2000, 8, 30, "float32", c=5,
+                             references=(("labelbench-style", 10), ("materialised", -1))),
+    ]
+    rows = []
+    for case in cases:
+        rows += dbench.run_case(case, threads=0, bandwidth=1e10, log=lambda line: None, workdir=str(tmp_path))
+    by = {(r.case, r.method): r for r in rows}
+    assert by[("kc tiny", "numpy-incremental")].same_picks == "100.0% of 40"  # same greedy sequence
+    assert by[("badge tiny", "materialised")].peak_extra_mb == 2000 * 5 * 8 * 4 / 2**20
+    if dbench.reference_available("sklearn-style"):
+        assert by[("kc tiny", "sklearn-style")].same_picks == "100.0% of 10"
+    table = dbench.format_table(rows, lambda name: {"kc tiny": 40, "badge tiny": 30}[name])
+    assert table.count("\n") == len(rows) + 1
+
+
+def test_results_file_keeps_other_sections(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# old title\n\n## Uncertainty selection\n\nold U\n\n## Diversity selection\n\nold D\n"
+                    "\n## Notes\n\n- keep me\n")
+    bench.write_results(str(path), "machine", {bench.DIVERSITY_HEADING: "\n## Diversity selection\n\nnew D\n"})
+    text = path.read_text()
+    assert "old U" in text and "new D" in text and "old D" not in text
+    assert text.index("Uncertainty") < text.index("Diversity") < text.index("## Notes") and "- keep me" in text

@@ -258,13 +258,68 @@ def _kept_notes(path: str) -> str:
     return text[at:] if at >= 0 else ""
 
 
+UNCERTAINTY_HEADING = "## Uncertainty selection"
+DIVERSITY_HEADING = "## Diversity selection"
+
+
+def _sections(path: str) -> dict:
+    """The level-2 sections of an existing results file, by heading (the text before the first
+    one is dropped: it is rewritten every time)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return {}
+    found: dict = {}
+    parts = text.split("\n## ")
+    for part in parts[1:]:
+        heading = "## " + part.split("\n", 1)[0]
+        found[heading] = "\n## " + part
+    return found
+
+
+def write_results(path: str, machine: str, updated: dict) -> None:
+    """Writes the results file: the suites run now replace their sections, the others (and the
+    hand-written '## Notes') are kept from the existing file."""
+    sections = _sections(path)
+    sections.update(updated)
+    with open(path, "w") as f:
+        f.write("# Acquisition benchmark results\n\n")
+        f.write(f"Machine of the latest run: {machine}.\n")
+        for heading in (UNCERTAINTY_HEADING, DIVERSITY_HEADING):
+            if heading in sections:
+                f.write(sections[heading].rstrip("\n") + "\n")
+        for heading, text in sections.items():
+            if heading not in (UNCERTAINTY_HEADING, DIVERSITY_HEADING, NOTES_HEADING.strip()):
+                f.write(text.rstrip("\n") + "\n")
+        if NOTES_HEADING.strip() in sections:
+            f.write(sections[NOTES_HEADING.strip()].rstrip("\n") + "\n")
+
+
+def run_uncertainty_suite(args: argparse.Namespace, bandwidth: float, with_torch: bool) -> tuple:
+    cases = QUICK_CASES if args.quick else FULL_CASES
+    rows: List[Row] = []
+    for case in cases:
+        print(f"running: {case.name}", flush=True)
+        case_rows = run_case(case, args.threads, bandwidth, args.repeat, with_torch)
+        for r in case_rows:
+            print(f"  {r.method:<11} {r.seconds:8.3f} s  {r.gbps:6.1f} GB/s  {r.bandwidth_fraction:5.0%} of bandwidth  "
+                  f"peak extra {r.peak_extra_mb:6.0f} MB", flush=True)
+        rows.extend(case_rows)
+    return format_table(rows), target_summary(rows)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="asvp-fast bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=("all", "uncertainty", "diversity"), default="all",
+                        help="which kernels to benchmark (default: all)")
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds, for a smoke test)")
+    parser.add_argument("--scale", action="store_true",
+                        help="diversity: add the 1.28M-sample float16 memmap runs (k=10,000; long on a CPU)")
     parser.add_argument("--threads", type=int, default=0, help="threads for every method (0: all cores)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed repetitions of our kernel (best is kept)")
-    parser.add_argument("--no-torch", action="store_true", help="skip the torch reference")
-    parser.add_argument("--output", help="also write the results as Markdown to this file")
+    parser.add_argument("--repeat", type=int, default=5, help="timed repetitions of our uncertainty kernel (best is kept)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch reference of the uncertainty suite")
+    parser.add_argument("--output", help="also write the results as Markdown to this file (other suites' sections are kept)")
     args = parser.parse_args(argv)
 
     with_torch = not args.no_torch
@@ -277,39 +332,43 @@ def main(argv: Optional[List[str]] = None) -> int:
         except ImportError:
             print("torch is not installed: skipping the torch reference")
             with_torch = False
-    cases = QUICK_CASES if args.quick else FULL_CASES
     bandwidth = read_bandwidth(args.threads, nbytes=(256 << 20) if args.quick else (2 << 30))
     summary = machine_summary(args.threads, bandwidth)
     print(summary)
-    rows: List[Row] = []
-    for case in cases:
-        print(f"running: {case.name}", flush=True)
-        case_rows = run_case(case, args.threads, bandwidth, args.repeat, with_torch)
-        for r in case_rows:
-            print(f"  {r.method:<11} {r.seconds:8.3f} s  {r.gbps:6.1f} GB/s  {r.bandwidth_fraction:5.0%} of bandwidth  "
-                  f"peak extra {r.peak_extra_mb:6.0f} MB", flush=True)
-        rows.extend(case_rows)
-    table = format_table(rows)
-    targets = target_summary(rows)
-    print()
-    print(table)
-    if targets:
-        print()
-        print(targets)
+    command = ("asvp-fast bench" + (f" --suite {args.suite}" if args.suite != "all" else "")
+               + (" --quick" if args.quick else "") + (" --scale" if args.scale else "")
+               + (f" --threads {args.threads}" if args.threads else "")
+               + (f" --output {args.output}" if args.output else ""))
+    updated = {}
+    if args.suite in ("all", "uncertainty"):
+        table, targets = run_uncertainty_suite(args, bandwidth, with_torch)
+        print("\n" + table + ("\n\n" + targets if targets else ""))
+        updated[UNCERTAINTY_HEADING] = (
+            f"\n{UNCERTAINTY_HEADING}\n\nCommand: `{command}`\n\nMachine: {summary}.\n\n"
+            "Timings are the best of several runs for asvp_fast and a single run for the references; "
+            "'peak extra MB' is the resident memory above the level before the call (input excluded); "
+            "'same picks' is the overlap of each reference's top-k with ours.\n\n" + table + "\n"
+            + (f"\n### Targets of the foundation issue, this run\n\n{targets}\n" if targets else ""))
+    if args.suite in ("all", "diversity"):
+        from . import diversity
+
+        table, targets = diversity.run_suite(quick=args.quick, scale=args.scale, threads=args.threads,
+                                             bandwidth=bandwidth, log=lambda line: print(line, flush=True))
+        print("\n" + table + ("\n\n" + targets if targets else ""))
+        updated[DIVERSITY_HEADING] = (
+            f"\n{DIVERSITY_HEADING}\n\nCommand: `{command}`\n\nMachine: {summary}.\n\n"
+            f"Data: Gaussian mixtures of 100 clusters (diversity_refs.make_clustered; spread "
+            f"{diversity.DEFAULT_SPREAD} unless the case says 'touching clusters': 0.7). Single runs. "
+            "'seconds for k picks' of slow references is extrapolated linearly from the picks shown (each of "
+            "their picks is the same full pass); 'peak extra MB' is anonymous resident memory above the level "
+            "before the call (input and page cache excluded; for 'materialised' the size of the embedding it "
+            "needs); 'pruning skipped' is the fraction of row-to-centre distances the triangle inequality "
+            "avoided; 'unpruned pass' is one pass over the whole input with pruning off, as a fraction of the "
+            "measured read bandwidth; 'same picks' compares a k-center reference's picks with ours, in "
+            "order, given the same first pick.\n\n" + table + "\n"
+            + (f"\n### Targets of the diversity issue, this run\n\n{targets}\n" if targets else ""))
     if args.output:
-        notes = _kept_notes(args.output)
-        command = "asvp-fast bench" + (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
-        with open(args.output, "w") as f:
-            f.write("# Acquisition benchmark results\n\n")
-            f.write(f"Command: `{command} --output {args.output}`\n\n")
-            f.write(f"Machine: {summary}.\n\n")
-            f.write("Timings are the best of several runs for asvp_fast and a single run for the references; "
-                    "'peak extra MB' is the resident memory above the level before the call (input excluded); "
-                    "'same picks' is the overlap of each reference's top-k with ours.\n\n")
-            f.write(table + "\n")
-            if targets:
-                f.write("\n## Targets of the foundation issue, this run\n\n" + targets + "\n")
-            f.write(notes)
+        write_results(args.output, summary, updated)
         print(f"\nwritten to {args.output}")
     return 0
 

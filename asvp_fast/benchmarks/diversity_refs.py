@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Iterator, Optional, Tuple
 
 import numpy as np
 import scipy.stats
-import torch
+
+if TYPE_CHECKING:  # torch is optional for the benchmark: imported where used
+    import torch
 
 # Within-cluster standard deviation relative to the N(0, 1) centres. A point lies about
 # 0.7*sqrt(d) from its centre while centres are about 1.41*sqrt(d) apart, so each cluster's
@@ -30,7 +32,7 @@ _SPREAD = 0.7
 _CHUNK_ELEMS = 1 << 22
 
 
-def _clustered_chunks(n: int, d: int, clusters: int, seed: int) -> Iterator[Tuple[int, np.ndarray]]:
+def _clustered_chunks(n: int, d: int, clusters: int, seed: int, spread: float = _SPREAD) -> Iterator[Tuple[int, np.ndarray]]:
     """Yield (start row, float32 chunk) of the Gaussian mixture, in row order."""
     rng = np.random.default_rng(seed)
     # Dirichlet(1) proportions give uneven cluster sizes (some large, some tiny).
@@ -40,7 +42,7 @@ def _clustered_chunks(n: int, d: int, clusters: int, seed: int) -> Iterator[Tupl
     for s in range(0, n, step):
         rows = min(step, n - s)
         labels = rng.choice(clusters, size=rows, p=props)
-        yield s, rng.standard_normal((rows, d), dtype=np.float32) * np.float32(_SPREAD) + centres[labels]
+        yield s, rng.standard_normal((rows, d), dtype=np.float32) * np.float32(spread) + centres[labels]
 
 
 def _reopen_readonly(mm: np.memmap) -> np.memmap:
@@ -50,29 +52,31 @@ def _reopen_readonly(mm: np.memmap) -> np.memmap:
     return np.memmap(mm.filename, dtype=mm.dtype, mode="r", shape=mm.shape)
 
 
-def make_clustered(n: int, d: int, *, clusters: int = 100, dtype=np.float32, seed: int = 0) -> np.ndarray:
+def make_clustered(n: int, d: int, *, clusters: int = 100, dtype=np.float32, seed: int = 0,
+                   spread: float = _SPREAD) -> np.ndarray:
     """N x d Gaussian mixture (centres ~ N(0, I), points = centre + N(0, 0.7^2 I)), chunked:
     peak memory is the output plus one ~16 MiB float32 chunk."""
     out = np.empty((n, d), dtype=dtype)
-    for s, chunk in _clustered_chunks(n, d, clusters, seed):
+    for s, chunk in _clustered_chunks(n, d, clusters, seed, spread):
         out[s:s + len(chunk)] = chunk
     return out
 
 
 def make_clustered_memmap(path: str, n: int, d: int, *, clusters: int = 100, dtype=np.float16,
-                          seed: int = 0) -> np.memmap:
+                          seed: int = 0, spread: float = _SPREAD) -> np.memmap:
     """Same data as make_clustered, written chunk by chunk to `path`; returned opened read-only."""
     mm = np.memmap(path, dtype=dtype, mode="w+", shape=(n, d))
-    for s, chunk in _clustered_chunks(n, d, clusters, seed):
+    for s, chunk in _clustered_chunks(n, d, clusters, seed, spread):
         mm[s:s + len(chunk)] = chunk
     return _reopen_readonly(mm)
 
 
-def _badge_chunks(n: int, c: int, d: int, seed: int) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
+def _badge_chunks(n: int, c: int, d: int, seed: int,
+                  spread: float = _SPREAD) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
     """Yield (start, float64 probabilities, float32 features) chunks."""
     rng = np.random.default_rng([seed, 1])  # independent of the feature stream
     w = rng.standard_normal((d, c), dtype=np.float32) / np.float32(np.sqrt(d))
-    for s, feats in _clustered_chunks(n, d, 100, seed):
+    for s, feats in _clustered_chunks(n, d, 100, seed, spread):
         # Per-row inverse temperature, log-uniform in [0.5, 8]: near-uniform to confident rows.
         scale = np.exp(rng.uniform(np.log(0.5), np.log(8.0), size=len(feats)))
         logits = (feats @ w).astype(np.float64) * scale[:, None]
@@ -82,28 +86,28 @@ def _badge_chunks(n: int, c: int, d: int, seed: int) -> Iterator[Tuple[int, np.n
         yield s, p, feats
 
 
-def _fill_badge(probs: np.ndarray, feats: np.ndarray, seed: int) -> None:
+def _fill_badge(probs: np.ndarray, feats: np.ndarray, seed: int, spread: float = _SPREAD) -> None:
     (n, c), d = probs.shape, feats.shape[1]
-    for s, p, h in _badge_chunks(n, c, d, seed):
+    for s, p, h in _badge_chunks(n, c, d, seed, spread):
         probs[s:s + len(p)] = p
         feats[s:s + len(h)] = h
 
 
-def make_badge_inputs(n: int, c: int, d: int, *, seed: int = 0,
-                      dtype=np.float32) -> Tuple[np.ndarray, np.ndarray]:
+def make_badge_inputs(n: int, c: int, d: int, *, seed: int = 0, dtype=np.float32,
+                      spread: float = _SPREAD) -> Tuple[np.ndarray, np.ndarray]:
     """(probabilities N x C, features N x d): softmax of a random linear map of clustered features."""
     probs, feats = np.empty((n, c), dtype=dtype), np.empty((n, d), dtype=dtype)
-    _fill_badge(probs, feats, seed)
+    _fill_badge(probs, feats, seed, spread)
     return probs, feats
 
 
-def make_badge_memmaps(dir: str, n: int, c: int, d: int, *, seed: int = 0,
-                       dtype=np.float16) -> Tuple[np.memmap, np.memmap]:
+def make_badge_memmaps(dir: str, n: int, c: int, d: int, *, seed: int = 0, dtype=np.float16,
+                       spread: float = _SPREAD) -> Tuple[np.memmap, np.memmap]:
     """Same data as make_badge_inputs, as read-only memmaps dir/probs.bin and dir/features.bin."""
     os.makedirs(dir, exist_ok=True)
     probs = np.memmap(os.path.join(dir, "probs.bin"), dtype=dtype, mode="w+", shape=(n, c))
     feats = np.memmap(os.path.join(dir, "features.bin"), dtype=dtype, mode="w+", shape=(n, d))
-    _fill_badge(probs, feats, seed)
+    _fill_badge(probs, feats, seed, spread)
     return _reopen_readonly(probs), _reopen_readonly(feats)
 
 
@@ -182,7 +186,9 @@ def kcenter_numpy_incremental(x: np.ndarray, k: int, first: int, labeled: Option
     return picks
 
 
-def _torch_f32_chunk(x: np.ndarray, s: int, e: int) -> torch.Tensor:
+def _torch_f32_chunk(x: np.ndarray, s: int, e: int) -> "torch.Tensor":
+    import torch
+
     a = np.ascontiguousarray(x[s:e])
     with warnings.catch_warnings():
         # Read-only memmaps trigger a "not writable" warning; we never write through it.
@@ -194,6 +200,8 @@ def _torch_f32_chunk(x: np.ndarray, s: int, e: int) -> torch.Tensor:
 def kcenter_torch_incremental(x: np.ndarray, k: int, first: int, labeled: Optional[np.ndarray] = None,
                               chunk_rows: int = 65536) -> np.ndarray:
     """Same algorithm as kcenter_numpy_incremental with torch CPU ops (addmv per chunk), float32."""
+    import torch
+
     n = x.shape[0]
     lab = _labeled_array(labeled)
     sq = torch.from_numpy(_sq_norms_f32(x, chunk_rows))  # same float32 norms as the NumPy path
