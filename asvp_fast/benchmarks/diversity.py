@@ -169,8 +169,9 @@ def reference_runner(name: str, features: Any, probs: Any, first: int) -> Callab
 
 
 def reference_available(name: str) -> bool:
-    """torch and scikit-learn are optional: their references are skipped when missing."""
-    module = {"torch-incremental": "torch", "sklearn-style": "sklearn", "materialised": "sklearn"}.get(name)
+    """torch, scipy and scikit-learn are optional: their references are skipped when missing."""
+    module = {"torch-incremental": "torch", "sklearn-style": "sklearn", "materialised": "sklearn",
+              "labelbench-style": "scipy"}.get(name)
     if module is None:
         return True
     import importlib.util

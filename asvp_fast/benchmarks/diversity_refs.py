@@ -8,7 +8,7 @@ follow those libraries' algorithms and cost profiles, not their code.
 
 Also here: chunked synthetic-data generators (in memory or as memmaps) and a brute-force
 checker of the k-center greedy invariant. Every selector returns an int64 array of picks
-in order. scikit-learn is optional: it is imported only inside the functions that use it.
+in order. scipy, scikit-learn and torch are optional: each is imported only inside the functions that use it.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import warnings
 from typing import TYPE_CHECKING, Iterator, Optional, Tuple
 
 import numpy as np
-import scipy.stats
-
 if TYPE_CHECKING:  # torch is optional for the benchmark: imported where used
     import torch
 
@@ -247,6 +245,8 @@ def badge_labelbench_style(probs: np.ndarray, features: np.ndarray, k: int, seed
     |q_i|^2|h_i|^2 + |q_c|^2|h_c|^2 - 2 (q_i.q_c)(h_i.h_c). First pick is argmax |g|^2; each
     later pick is drawn from a scipy rv_discrete rebuilt every step (the slow anchor style).
     """
+    from scipy.stats import rv_discrete
+
     n = probs.shape[0]
     rng = np.random.default_rng(seed)
     norms = np.empty(n)  # |g_i|^2 = |q_i|^2 |h_i|^2
@@ -273,7 +273,7 @@ def badge_labelbench_style(probs: np.ndarray, features: np.ndarray, k: int, seed
         if total <= 0.0:  # every remaining row coincides with a centre: take any unpicked one
             ind = int(np.flatnonzero(~picked)[0])
             continue
-        dist_rv = scipy.stats.rv_discrete(values=(np.arange(n), d2 / total))
+        dist_rv = rv_discrete(values=(np.arange(n), d2 / total))
         ind = int(dist_rv.rvs(random_state=rng))
     return picks
 
