@@ -46,11 +46,12 @@ def _faiss_module() -> Optional[Any]:
 
 
 def nearest_labelled(features: Any, labeled: np.ndarray, threads: int = 0,
-                     backend: str = "auto") -> np.ndarray:
+                     backend: str = "auto", gpu: bool = False) -> np.ndarray:
     """For every row, the position in ``labeled`` of its nearest labelled row (int64, length N).
 
     ``backend``: "auto" (torch for CUDA tensors, faiss when installed, else numpy), "faiss",
-    "numpy" or "torch".
+    "numpy" or "torch". ``gpu``: the selection runs on the GPU, so faiss may search there too
+    when it was built with GPU support (faiss-gpu).
     """
     if backend == "auto":
         if is_torch_tensor(features) and features.device.type == "cuda":
@@ -66,7 +67,7 @@ def nearest_labelled(features: Any, labeled: np.ndarray, threads: int = 0,
     if backend == "torch":
         nearest = _nearest_torch(features, labeled)
     elif backend == "faiss":
-        nearest = _nearest_faiss(features, centres, threads)
+        nearest = _nearest_faiss(features, centres, threads, gpu)
     else:
         nearest = _nearest_numpy(features, centres)
     # Rows holding NaN/Inf get no neighbour (-1 from faiss) or an arbitrary one; any valid entry
@@ -83,12 +84,14 @@ def _labelled_rows(features: Any, labeled: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(features[labeled]), dtype=np.float32)
 
 
-def _nearest_faiss(features: Any, centres: np.ndarray, threads: int) -> np.ndarray:
+def _nearest_faiss(features: Any, centres: np.ndarray, threads: int, gpu: bool = False) -> np.ndarray:
     faiss = _faiss_module()
     assert faiss is not None
     if threads:
         faiss.omp_set_num_threads(threads)
     index = faiss.IndexFlatL2(centres.shape[1])
+    if gpu and hasattr(faiss, "index_cpu_to_all_gpus") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)  # faiss-gpu: brute-force search on the GPU(s)
     index.add(centres)
     out = np.empty(features.shape[0], dtype=np.int64)
     for start, tile in _float32_tiles(features, _tile_rows(features.shape[1])):

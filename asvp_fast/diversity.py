@@ -187,7 +187,7 @@ def diversity_select(
     distances = np.empty(k, dtype=np.float32)
     if k == 0:
         return DiversityResult(_finish(op, picks), distances, 0, 0, 0)
-    nearest = nearest_labelled(features, lab, n_threads, nearest_backend) if lab.size else None
+    nearest = nearest_labelled(features, lab, n_threads, nearest_backend, gpu=use_cuda) if lab.size else None
     names = {"kcenter": "k-center greedy", "kmeans_pp": "k-means++", "badge": "BADGE"}
     bar = row_progress(progress, (op.nbytes + x_nbytes) * k, k, names[method], unit="picks")
     try:

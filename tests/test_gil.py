@@ -33,3 +33,27 @@ def test_gil_is_released_during_selection():
     # Holding the GIL would stall this loop for a whole call; released, it only waits for the
     # interpreter's switch interval (5 ms).
     assert longest_gap < max(one_call / 2, 0.02), (longest_gap, one_call)
+
+
+def test_gil_is_released_during_diversity_selection():
+    x = np.random.default_rng(1).standard_normal((50_000, 64)).astype(np.float32)
+    start = time.perf_counter()
+    af.kcenter_greedy(x, 100, threads=1)
+    one_call = time.perf_counter() - start
+
+    done = threading.Event()
+
+    def work():
+        af.kcenter_greedy(x, 300, threads=1)
+        done.set()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    longest_gap, last = 0.0, time.perf_counter()
+    while not done.is_set():
+        now = time.perf_counter()
+        longest_gap, last = max(longest_gap, now - last), now
+    worker.join()
+    # Released, the loop only waits for the switch interval and the kernel's brief progress
+    # checks (at most every 0.1 s, each a few microseconds with the GIL).
+    assert longest_gap < max(one_call / 2, 0.05), (longest_gap, one_call)
