@@ -260,6 +260,8 @@ def _kept_notes(path: str) -> str:
 
 UNCERTAINTY_HEADING = "## Uncertainty selection"
 DIVERSITY_HEADING = "## Diversity selection"
+SCALE_HEADING = "## Diversity at scale"
+_SUITE_ORDER = (UNCERTAINTY_HEADING, DIVERSITY_HEADING, SCALE_HEADING)
 
 
 def _sections(path: str) -> dict:
@@ -286,11 +288,11 @@ def write_results(path: str, machine: str, updated: dict) -> None:
     with open(path, "w") as f:
         f.write("# Acquisition benchmark results\n\n")
         f.write(f"Machine of the latest run: {machine}.\n")
-        for heading in (UNCERTAINTY_HEADING, DIVERSITY_HEADING):
+        for heading in _SUITE_ORDER:
             if heading in sections:
                 f.write(sections[heading].rstrip("\n") + "\n")
         for heading, text in sections.items():
-            if heading not in (UNCERTAINTY_HEADING, DIVERSITY_HEADING, NOTES_HEADING.strip()):
+            if heading not in _SUITE_ORDER + (NOTES_HEADING.strip(),):
                 f.write(text.rstrip("\n") + "\n")
         if NOTES_HEADING.strip() in sections:
             f.write(sections[NOTES_HEADING.strip()].rstrip("\n") + "\n")
@@ -311,11 +313,11 @@ def run_uncertainty_suite(args: argparse.Namespace, bandwidth: float, with_torch
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="asvp-fast bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=("all", "uncertainty", "diversity"), default="all",
-                        help="which kernels to benchmark (default: all)")
+    parser.add_argument("--suite", choices=("all", "uncertainty", "diversity", "scale"), default="all",
+                        help="which kernels to benchmark: all = uncertainty + diversity; scale = the "
+                             "1.28M-sample float16 memmap runs of k-center and BADGE (k=10,000; about an "
+                             "hour on 2 cores)")
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds, for a smoke test)")
-    parser.add_argument("--scale", action="store_true",
-                        help="diversity: add the 1.28M-sample float16 memmap runs (k=10,000; long on a CPU)")
     parser.add_argument("--threads", type=int, default=0, help="threads for every method (0: all cores)")
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions of our uncertainty kernel (best is kept)")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch reference of the uncertainty suite")
@@ -336,7 +338,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary = machine_summary(args.threads, bandwidth)
     print(summary)
     command = ("asvp-fast bench" + (f" --suite {args.suite}" if args.suite != "all" else "")
-               + (" --quick" if args.quick else "") + (" --scale" if args.scale else "")
+               + (" --quick" if args.quick else "")
                + (f" --threads {args.threads}" if args.threads else "")
                + (f" --output {args.output}" if args.output else ""))
     updated = {}
@@ -349,23 +351,25 @@ def main(argv: Optional[List[str]] = None) -> int:
             "'peak extra MB' is the resident memory above the level before the call (input excluded); "
             "'same picks' is the overlap of each reference's top-k with ours.\n\n" + table + "\n"
             + (f"\n### Targets of the foundation issue, this run\n\n{targets}\n" if targets else ""))
-    if args.suite in ("all", "diversity"):
+    for suite, heading in (("diversity", DIVERSITY_HEADING), ("scale", SCALE_HEADING)):
+        if args.suite not in ("all", suite) or (suite == "scale" and args.suite != "scale"):
+            continue
         from . import diversity
 
-        table, targets = diversity.run_suite(quick=args.quick, scale=args.scale, threads=args.threads,
+        table, targets = diversity.run_suite(quick=args.quick, scale=suite == "scale", threads=args.threads,
                                              bandwidth=bandwidth, log=lambda line: print(line, flush=True))
         print("\n" + table + ("\n\n" + targets if targets else ""))
-        updated[DIVERSITY_HEADING] = (
-            f"\n{DIVERSITY_HEADING}\n\nCommand: `{command}`\n\nMachine: {summary}.\n\n"
+        updated[heading] = (
+            f"\n{heading}\n\nCommand: `{command}`\n\nMachine: {summary}.\n\n"
             f"Data: Gaussian mixtures of 100 clusters (diversity_refs.make_clustered; spread "
             f"{diversity.DEFAULT_SPREAD} unless the case says 'touching clusters': 0.7). Single runs. "
             "'seconds for k picks' of slow references is extrapolated linearly from the picks shown (each of "
             "their picks is the same full pass); 'peak extra MB' is anonymous resident memory above the level "
-            "before the call (input and page cache excluded; for 'materialised' the size of the embedding it "
-            "needs); 'pruning skipped' is the fraction of row-to-centre distances the triangle inequality "
-            "avoided; 'unpruned pass' is one pass over the whole input with pruning off, as a fraction of the "
-            "measured read bandwidth; 'same picks' compares a k-center reference's picks with ours, in "
-            "order, given the same first pick.\n\n" + table + "\n"
+            "before the call (input and page cache excluded; memory the allocator already held is not counted "
+            "again; for 'materialised' the size of the embedding it needs); 'pruning skipped' is the fraction of "
+            "row-to-centre distances the triangle inequality avoided; 'unpruned pass' is one pass over the whole "
+            "input with pruning off, as a fraction of the measured read bandwidth; 'same picks' compares a "
+            "k-center reference's picks with ours, in order, given the same first pick.\n\n" + table + "\n"
             + (f"\n### Targets of the diversity issue, this run\n\n{targets}\n" if targets else ""))
     if args.output:
         write_results(args.output, summary, updated)
