@@ -69,14 +69,16 @@ def as_operand(x: Any, name: str = "x") -> Operand:
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def check_float_matrix(op: Operand, name: str = "x") -> Tuple[int, int]:
+def check_float_matrix(op: Operand, name: str = "x", columns: str = "C classes") -> Tuple[int, int]:
+    """(rows, columns) of a 2-D float matrix; ``columns`` names the columns in messages."""
     if len(op.shape) != 2:
-        raise ValueError(f"{name} must be 2-dimensional (N samples x C classes), got shape {op.shape}")
+        raise ValueError(f"{name} must be 2-dimensional (N samples x {columns}), got shape {op.shape}")
     if op.dtype_name not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {op.dtype_name}")
     n, c = op.shape
     if c < 1:
-        raise ValueError(f"{name} must have at least one class (column), got shape {op.shape}")
+        unit = "class (column)" if columns == "C classes" else "column"
+        raise ValueError(f"{name} must have at least one {unit}, got shape {op.shape}")
     return n, c
 
 

@@ -20,6 +20,7 @@ from ._arrays import (
     Outputs,
     as_operand,
     check_count,
+    check_float_matrix,
     check_threads,
     exclusion_mask,
     is_torch_tensor,
@@ -31,7 +32,6 @@ from ._progress import row_progress
 Device = Literal["auto", "cpu", "cuda"]
 
 _KCENTER, _KMEANS_PP, _BADGE = 0, 1, 2
-_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 @dataclass
@@ -60,17 +60,6 @@ class DiversityResult:
         if self.distances_possible == 0:
             return 0.0
         return 1.0 - min(self.distances_computed, self.distances_possible) / self.distances_possible
-
-
-def _check_features(op: Operand, name: str) -> Tuple[int, int]:
-    if len(op.shape) != 2:
-        raise ValueError(f"{name} must be 2-dimensional (N samples x d), got shape {op.shape}")
-    if op.dtype_name not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {op.dtype_name}")
-    n, d = op.shape
-    if d < 1:
-        raise ValueError(f"{name} must have at least one column, got shape {op.shape}")
-    return n, d
 
 
 def _check_seed(seed: Any) -> int:
@@ -147,7 +136,7 @@ def diversity_select(
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(codes)}")
     code = codes[method]
     op = as_operand(features, "features")
-    n, d = _check_features(op, "features")
+    n, d = check_float_matrix(op, "features", columns="d")
     k = check_count(k)
     n_threads = check_threads(threads)
     seed64 = _check_seed(seed)
@@ -157,14 +146,8 @@ def diversity_select(
     x_nbytes = 0
     if code == _BADGE:
         x_op = as_operand(x, "x")
-        if len(x_op.shape) != 2:
-            raise ValueError(f"x must be 2-dimensional (N samples x C classes), got shape {x_op.shape}")
-        if x_op.dtype_name not in _FLOAT_DTYPES:
-            raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x_op.dtype_name}")
-        if x_op.shape[0] != n:
+        if check_float_matrix(x_op)[0] != n:
             raise ValueError(f"x has {x_op.shape[0]} rows but features has {n}; they must describe the same samples")
-        if x_op.shape[1] < 1:
-            raise ValueError(f"x must have at least one class (column), got shape {x_op.shape}")
         if x_op.on_cuda != op.on_cuda:
             raise ValueError("x and features must be on the same device")
         x_handle = x_op.handle

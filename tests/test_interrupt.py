@@ -9,6 +9,20 @@ import textwrap
 import time
 
 
+def assert_sigint_stops(script: str, ready: str, tmp_path) -> None:
+    """Runs `script` (which prints `ready`, then works for minutes), sends SIGINT after a second
+    and expects exit code 3 ("interrupted") within 10 seconds."""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == ready
+    time.sleep(1.0)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3, out
+    assert "interrupted" in out
+    assert time.monotonic() - sent < 10
+
+
 def test_sigint_interrupts_a_long_scan(tmp_path):
     # 20 million identical float64 rows (stride 0, so no memory): an entropy scan of ~minutes.
     script = textwrap.dedent("""
@@ -23,15 +37,7 @@ def test_sigint_interrupts_a_long_scan(tmp_path):
             sys.exit(3)
         print("finished", flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "scanning"
-    time.sleep(1.0)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 3, out
-    assert "interrupted" in out
-    assert time.monotonic() - sent < 10
+    assert_sigint_stops(script, "scanning", tmp_path)
 
 
 def test_sigint_interrupts_a_long_diversity_run(tmp_path):
@@ -49,12 +55,4 @@ def test_sigint_interrupts_a_long_diversity_run(tmp_path):
             sys.exit(3)
         print("finished", flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "selecting"
-    time.sleep(1.0)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 3, out
-    assert "interrupted" in out
-    assert time.monotonic() - sent < 10
+    assert_sigint_stops(script, "selecting", tmp_path)

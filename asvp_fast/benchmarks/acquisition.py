@@ -66,8 +66,11 @@ class PeakMemory:
         self._process = psutil.Process()
         self.peak_extra = 0
 
+    def current(self) -> int:
+        return int(self._process.memory_info().rss)
+
     def __enter__(self) -> "PeakMemory":
-        self._base = self._process.memory_info().rss
+        self._base = self.current()
         self._peak = self._base
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -76,13 +79,13 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self._peak = max(self._peak, self._process.memory_info().rss)
+            self._peak = max(self._peak, self.current())
             time.sleep(0.001)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._peak = max(self._peak, self._process.memory_info().rss)
+        self._peak = max(self._peak, self.current())
         self.peak_extra = self._peak - self._base
 
 
