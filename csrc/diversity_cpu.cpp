@@ -209,6 +209,11 @@ class Euclidean {
 
   bool row_finite(int64_t row, float* scratch) const { return all_finite(row_as_float<T>(x_, row, scratch), d_); }
 
+  void block_distances(const float* centre, int64_t begin, const int32_t* rows, int count, float* out,
+                       float* scratch) const {
+    for (int j = 0; j < count; ++j) out[j] = distance(centre, begin + rows[j], scratch);
+  }
+
  private:
   ArrayView x_;
   int64_t d_;
@@ -297,16 +302,33 @@ class Badge {
   }
 
   float distance(const float* centre, int64_t row, float* scratch) const {
-    const size_t i = static_cast<size_t>(row);
-    // q . c: for probabilities straight from the stored row, q = p - onehot(y) giving
-    // p . c - c[y] (no copy of the row); for logits through the rebuilt q.
-    const float q_dot = logits_ ? dot(centre, build_q(row, scratch), C_)
-                                : row_dot<TS>(s_, row, centre, scratch) - centre[predicted_[i]];
-    const float h_dot = row_dot<TF>(h_, row, centre + C_, scratch + C_);
-    return badge_sq_distance(centre[C_ + d_], centre[C_ + d_ + 1], q_norm_[i], h_norm_[i], q_dot, h_dot);
+    return combine(centre, row, q_dot(centre, row, scratch), row_dot<TF>(h_, row, centre + C_, scratch + C_));
+  }
+
+  // The distances of a block's rows, bit-identical to distance(): first every row's q . c,
+  // then every row's h . c, so each pass reads one input stream at a time.
+  void block_distances(const float* centre, int64_t begin, const int32_t* rows, int count, float* out,
+                       float* scratch) const {
+    for (int j = 0; j < count; ++j) out[j] = q_dot(centre, begin + rows[j], scratch);
+    for (int j = 0; j < count; ++j) {
+      const int64_t row = begin + rows[j];
+      out[j] = combine(centre, row, out[j], row_dot<TF>(h_, row, centre + C_, scratch + C_));
+    }
   }
 
  private:
+  // q . c: for probabilities straight from the stored row, q = p - onehot(y) giving
+  // p . c - c[y] (no copy of the row); for logits through the rebuilt q.
+  float q_dot(const float* centre, int64_t row, float* scratch) const {
+    if (logits_) return dot(centre, build_q(row, scratch), C_);
+    return row_dot<TS>(s_, row, centre, scratch) - centre[predicted_[static_cast<size_t>(row)]];
+  }
+
+  float combine(const float* centre, int64_t row, float q, float h) const {
+    const size_t i = static_cast<size_t>(row);
+    return badge_sq_distance(centre[C_ + d_], centre[C_ + d_ + 1], q_norm_[i], h_norm_[i], q, h);
+  }
+
   // q = p - onehot(predicted) in `scratch` (C floats). For logits p = exp(z - log Z) and the
   // predicted class's entry is -(sum of the other probabilities): equal to p - 1 but without
   // the cancellation when p is close to 1.
@@ -503,7 +525,13 @@ class Engine {
         for (int64_t i = begin; i < end; ++i)
           if (r_[static_cast<size_t>(i)] > 0.0f || (validate && r_[static_cast<size_t>(i)] >= 0.0f))
             todo[count++] = static_cast<int32_t>(i - begin);
-        for (int j = 0; j < count; ++j) visit(begin + todo[j]);
+        float distance[kSampleBlock];
+        m_.block_distances(centre_.data(), begin, todo, count, distance, s);
+        for (int j = 0; j < count; ++j) {
+          const int64_t i = begin + todo[j];
+          if (validate && !m_.row_finite(i, s)) record_bad(bad, i);
+          fold_in_centre(r_[static_cast<size_t>(i)], assigned_[static_cast<size_t>(i)], distance[j], slot);
+        }
         computed += count;
         aggregate(b);
         continue;
