@@ -150,9 +150,18 @@ def reference_available(name: str) -> bool:
               "labelbench-style": "scipy"}.get(name)
     if module is None:
         return True
+    import importlib
     import importlib.util
 
-    return importlib.util.find_spec(module) is not None
+    if importlib.util.find_spec(module) is None:
+        return False
+    importlib.import_module(module)  # imported here, so the import is not timed (nor extrapolated)
+    if module == "sklearn":
+        importlib.import_module("sklearn.metrics")
+        importlib.import_module("sklearn.cluster")
+    if module == "scipy":
+        importlib.import_module("scipy.stats")
+    return True
 
 
 def _same_picks(ours: np.ndarray, theirs: np.ndarray, method: str) -> str:
