@@ -14,10 +14,11 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
         "from the repository root."
     ) from exc
 
+from . import metrics
 from ._backends import backends
 from .diversity import badge, kcenter_greedy, kmeans_pp
 from .uncertainty import scores, select_uncertain
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "backends", "badge", "kcenter_greedy", "kmeans_pp", "scores", "select_uncertain"]
+__all__ = ["__version__", "backends", "metrics", "badge", "kcenter_greedy", "kmeans_pp", "scores", "select_uncertain"]

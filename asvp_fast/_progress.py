@@ -36,3 +36,17 @@ def row_progress(progress: Optional[bool], nbytes: int, total: int, description:
     if not progress:
         return None
     return RowProgress(total, description, unit)
+
+
+def task_bar(total: int, description: str, progress: Optional[bool], unit: str = "it") -> "Optional[object]":
+    """A tqdm bar for the loop's long stages (extraction, training, selection).
+
+    ``progress=None`` shows it when stderr is a terminal; the bar is removed when done.
+    """
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, unit_scale=True, desc=description, leave=False)

@@ -14,6 +14,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("bench", help="the acquisition benchmark suite (asvp-fast bench --help)", add_help=False)
     sub.add_parser("backends", help="print what this installation can run on")
+    run_p = sub.add_parser("run", help="a configured active-learning run (TOML or YAML), resumable")
+    run_p.add_argument("config", help="the run configuration (.toml, .yaml)")
+    run_p.add_argument("--output", "-o", help="run directory (default: runs/<config name>)")
+    run_p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
+    run_p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo_p = sub.add_parser("demo", help="random vs SVPp vs standard AL on built-in real data (WordNet + MiniLM)")
+    demo_p.add_argument("--output", "-o", default="asvp-fast-demo", help="run directory (default: ./asvp-fast-demo)")
+    demo_p.add_argument("--fresh", action="store_true", help="start over instead of continuing an earlier demo run")
+    demo_p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args, rest = parser.parse_known_args(argv)
 
     if args.version or args.command == "backends":
@@ -28,8 +37,90 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .benchmarks.acquisition import main as bench_main
 
         return bench_main(rest)
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    if args.command == "run":
+        from pathlib import Path
+
+        config = Path(args.config)
+        output = Path(args.output) if args.output else Path("runs") / config.stem
+        return _run_loop(lambda: _load(config), output, resume=args.resume, progress=False if args.no_progress else None,
+                         source=config)
+    if args.command == "demo":
+        return _demo(args)
     parser.print_help()
     return 0 if not argv else 2
+
+
+def _load(path: "object") -> "object":
+    from .loop.config import load_config
+
+    return load_config(path)  # type: ignore[arg-type]
+
+
+def _run_loop(get_config: "object", output: "object", *, resume: bool, progress: Optional[bool],
+              source: "object" = None) -> int:
+    """Run the loop with the CLI's error handling: messages, not tracebacks, for the user's mistakes."""
+    import shutil
+    import time
+    from pathlib import Path
+
+    try:
+        from .loop.cache import CacheError
+        from .loop.config import ConfigError
+        from .loop.oracle import LabelsPending, OracleError
+        from .loop.run import run
+        from .loop.state import StateError
+    except ImportError as exc:
+        print(f"asvp-fast: the active-learning loop needs PyTorch and the demo models: pip install 'asvp-fast[demo]' ({exc})",
+              file=sys.stderr)
+        return 2
+    out = Path(str(output))
+    start = time.perf_counter()
+    try:
+        config = get_config()  # type: ignore[operator]
+        if source is not None and not (out / "state.json").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(str(source), out / ("config" + Path(str(source)).suffix))
+        run(config, out, resume=resume, progress=progress)
+    except LabelsPending as exc:
+        print(f"asvp-fast: {exc}", file=sys.stderr)
+        return 3
+    except (ConfigError, StateError, CacheError, OracleError) as exc:
+        print(f"asvp-fast: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nasvp-fast: interrupted; everything acquired so far is saved in {out}. "
+              "Continue with the same command and --resume.", file=sys.stderr)
+        return 130
+    print(f"run directory: {out} (wall time {time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def _demo(args: "argparse.Namespace") -> int:
+    import shutil
+    from importlib import resources
+    from pathlib import Path
+
+    out = Path(args.output)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    text = resources.files("asvp_fast").joinpath("configs/demo.toml").read_text(encoding="utf-8")
+
+    def get_config() -> object:
+        import sys as _sys
+
+        if _sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover
+            import tomli as tomllib
+        from .loop.config import parse_config
+
+        return parse_config(tomllib.loads(text))
+
+    print(f"asvp-fast demo: random vs SVPp vs standard AL, margin sampling, WordNet noun glosses + all-MiniLM-L6-v2 "
+          f"(CPU: about 10 minutes); results in {out}/")
+    return _run_loop(get_config, out, resume=(out / "state.json").exists(), progress=False if args.no_progress else None)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,238 @@
+"""Training the target model: fine-tuning (FT) and linear probing then fine-tuning (LP-FT).
+
+The model is the backbone plus a linear head, trained with SGD (momentum 0.9) and separate
+learning rates for the head and the backbone (ASVP paper, appendix A), with a cosine schedule.
+LP-FT (Kumar et al. 2022) first fits the head alone on frozen features, then fine-tunes
+everything from that head; the linear-probe stage reads the feature cache when the backbone is
+the one the cache was built with, so it costs seconds, not epochs of backbone passes.
+Each training starts from the pre-trained weights and is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .._progress import task_bar
+from .cache import resolve_device
+from .types import Backbone
+
+TRAINING_MODES = ("ft", "lp-ft")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Target-model training; defaults follow the paper's CIFAR settings scaled to short runs."""
+
+    mode: str = "ft"
+    epochs: int = 10
+    head_lr: float = 0.1
+    backbone_lr: float = 0.01
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    batch_size: int = 128
+    lp_epochs: int = 10
+    lp_lr: float = 0.5
+    eval_batch_size: int = 512
+    amp: bool = True
+    frozen: Tuple[str, ...] = field(default_factory=tuple)
+    num_workers: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mode not in TRAINING_MODES:
+            raise ValueError(f"training mode must be one of {TRAINING_MODES}, got {self.mode!r}")
+
+
+class Classifier(nn.Module):
+    """Backbone + linear head; ``forward`` returns logits."""
+
+    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.feature_dim, num_classes)
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.head(self.backbone(batch).float())
+
+
+class _Labelled(Dataset):  # type: ignore[type-arg]
+    """Pool items of the labelled rows, paired with their labels."""
+
+    def __init__(self, pool: Any, rows: np.ndarray, labels: np.ndarray) -> None:
+        self.pool, self.rows, self.labels = pool, rows, labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Tuple[Any, int]:
+        return self.pool[int(self.rows[i])], int(self.labels[i])
+
+
+class _CollateWithLabels:
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+
+    def __call__(self, items: List[Tuple[Any, int]]) -> Tuple[Any, torch.Tensor]:
+        return self.collate([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
+
+
+def train_classifier(
+    make_backbone: Any,
+    pool: Any,
+    collate: Any,
+    rows: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    config: TrainConfig,
+    *,
+    seed: int,
+    lp_features: Optional[np.ndarray] = None,
+    progress: Optional[bool] = None,
+) -> Classifier:
+    """Train backbone + head on the labelled ``rows`` of ``pool`` (fresh pre-trained weights).
+
+    ``lp_features``: the cached features of the pool for the LP stage of LP-FT (computed live
+    when None).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if rows.size == 0:
+        raise ValueError("cannot train on an empty labelled set")
+    dev = resolve_device(config.device)
+    torch.manual_seed(int(seed))
+    model = Classifier(make_backbone(), num_classes).to(dev)
+    for name, p in model.backbone.named_parameters():
+        p.requires_grad_(not any(name.startswith(f) for f in config.frozen))
+    if config.mode == "lp-ft":
+        feats = lp_features[rows] if lp_features is not None else _live_features(model.backbone, pool, collate, rows, config, dev)
+        _linear_probe(model.head, np.asarray(feats, dtype=np.float32), labels, config, seed=seed, device=dev)
+    _fine_tune(model, pool, collate, rows, labels, config, seed=seed, device=dev, progress=progress)
+    return model.eval()
+
+
+def _linear_probe(head: nn.Linear, feats: np.ndarray, labels: np.ndarray, config: TrainConfig, *, seed: int,
+                  device: torch.device) -> None:
+    x = torch.from_numpy(feats).to(device)
+    y = torch.from_numpy(labels).to(device)
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    opt = torch.optim.SGD(head.parameters(), lr=config.lp_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    steps = config.lp_epochs * math.ceil(len(y) / config.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    for _ in range(config.lp_epochs):
+        perm = torch.randperm(len(y), generator=gen).to(device)
+        for s in range(0, len(y), config.batch_size):
+            b = perm[s : s + config.batch_size]
+            loss = nn.functional.cross_entropy(head(x[b]), y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+
+
+def _fine_tune(model: Classifier, pool: Any, collate: Any, rows: np.ndarray, labels: np.ndarray, config: TrainConfig,
+               *, seed: int, device: torch.device, progress: Optional[bool]) -> None:
+    if config.epochs <= 0:
+        return
+    head_params = list(model.head.parameters())
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    groups = [{"params": head_params, "lr": config.head_lr}]
+    if backbone_params:
+        groups.append({"params": backbone_params, "lr": config.backbone_lr})
+    opt = torch.optim.SGD(groups, lr=config.head_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(int(seed) + 2)
+    loader = DataLoader(_Labelled(pool, rows, labels), batch_size=config.batch_size, shuffle=True, generator=gen,
+                        collate_fn=_CollateWithLabels(collate), num_workers=config.num_workers,
+                        pin_memory=device.type == "cuda")
+    steps = config.epochs * len(loader)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    bar: Any = task_bar(steps, "fine-tune", progress, unit="step")
+    model.train()
+    for _ in range(config.epochs):
+        for batch, y in loader:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                loss = nn.functional.cross_entropy(model(model.backbone.to_device(batch, device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    model.eval()
+
+
+@torch.inference_mode()
+def _live_features(backbone: Backbone, pool: Any, collate: Any, rows: np.ndarray, config: TrainConfig,
+                   device: torch.device) -> np.ndarray:
+    backbone.eval()
+    loader = DataLoader(Subset(pool, rows.tolist()), batch_size=config.eval_batch_size, shuffle=False,
+                        collate_fn=collate, num_workers=config.num_workers)
+    return torch.cat([backbone(backbone.to_device(b, device)).float().cpu() for b in loader]).numpy()
+
+
+@torch.inference_mode()
+def predict(model: Classifier, dataset: Any, collate: Any, config: TrainConfig,
+            lengths: Optional[Sequence[int]] = None, progress: Optional[bool] = None) -> np.ndarray:
+    """Predicted classes of every item of ``dataset`` (length-sorted batches when lengths are given)."""
+    dev = next(model.parameters()).device
+    n = len(dataset)
+    order = np.argsort(np.asarray(lengths), kind="stable") if lengths is not None else np.arange(n)
+    loader = DataLoader(Subset(dataset, order.tolist()), batch_size=config.eval_batch_size, shuffle=False,
+                        collate_fn=collate, num_workers=config.num_workers)
+    out = np.empty(n, dtype=np.int64)
+    done = 0
+    bar: Any = task_bar(n, "evaluate", progress, unit="item")
+    model.eval()
+    for batch in loader:
+        with torch.autocast("cuda", dtype=torch.float16, enabled=config.amp and dev.type == "cuda"):
+            pred = model(model.backbone.to_device(batch, dev)).argmax(dim=1).cpu().numpy()
+        out[order[done : done + len(pred)]] = pred
+        done += len(pred)
+        if bar is not None:
+            bar.update(len(pred))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    labels = np.asarray(labels)
+    if pred.shape != labels.shape:
+        raise ValueError(f"{pred.shape[0]} predictions for {labels.shape[0]} labels")
+    return float((pred == labels).mean()) if labels.size else float("nan")
+
+
+def head_logits(head: nn.Linear, features: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+    """The linear head applied to cached features, chunk by chunk (memmaps larger than RAM)."""
+    w = head.weight.detach().float().cpu()
+    b = head.bias.detach().float().cpu()
+    out = np.empty((features.shape[0], w.shape[0]), dtype=np.float32)
+    with torch.inference_mode():
+        for s in range(0, features.shape[0], chunk_rows):
+            x = torch.from_numpy(np.asarray(features[s : s + chunk_rows], dtype=np.float32))
+            out[s : s + chunk_rows] = torch.addmm(b, x, w.t()).numpy()
+    return out
+
+
+def timed(fn: Any, *args: Any, **kwargs: Any) -> Tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def clone_backbone(model: Classifier) -> Backbone:
+    """A detached copy of a trained backbone (e.g. to extract refreshed features)."""
+    return copy.deepcopy(model.backbone).eval()

@@ -1,0 +1,502 @@
+"""Label-efficiency and cost metrics for comparing an active-learning run with random sampling.
+
+A *random curve* is the test accuracy that random sampling reached at a few label counts
+(``random_labels``, strictly increasing, with accuracies ``random_accuracy``). Between its points
+it is read as piecewise linear. For a method that reached accuracy ``a`` with ``N1`` labels:
+
+* ``N2 = equivalent_random_labels(a, ...)`` is the number of labels random sampling needs to reach
+  ``a``: the **smallest** label count at which the piecewise-linear random curve first reaches
+  ``a`` (its first crossing). Real random curves are noisy and need not be monotone; taking the
+  first crossing means a later dip below ``a`` does not push ``N2`` further out, and a plateau at
+  exactly ``a`` answers with its left end.
+* ``sample_saving_ratio = (N2 - N1) / N2``: the fraction of random sampling's labels the method
+  saved at that round (negative where the method needed more labels than random).
+* ``average_sample_saving_ratio``: its mean over rounds.
+* ``overall_cost = N1 * P_l * reviews + C_tr``, with ``C_tr = train_hours * hourly_price``.
+
+Accuracies outside the random curve's range
+-------------------------------------------
+``outside`` decides what ``N2`` is for an accuracy the curve does not cover. Accuracies equal to
+the first point's accuracy, or reached anywhere on the curve, are *inside* the range and are
+answered by the first crossing in every mode.
+
+``"clip"`` (default)
+    * Above every point of the curve: ``N2`` is the largest random label count. Random sampling
+      would have needed at least that many (it had not got there yet), so ``N2`` is
+      under-stated and the saving ratio is a **lower bound** (conservative).
+    * Below the first point's accuracy: ``N2`` is the smallest random label count. If random
+      sampling improves with labels, it would have reached this accuracy with at most that many,
+      so ``N2`` is over-stated and the saving ratio is an **upper bound** (optimistic) there. It
+      is exact where it matters most: at round 0 every method starts from the same random
+      initial labelled set as the random curve's first point, so ``N1`` equals the first random
+      label count and the ratio is 0 however the accuracy fluctuates with the training seed. A
+      later round that scores below random's starting accuracy gets a negative ratio; the true
+      ratio is at most that.
+``"nan"``
+    ``N2`` is NaN outside the range; the ratio is NaN for that round and
+    :func:`average_sample_saving_ratio` leaves such rounds out.
+``"extrapolate"``
+    The end segment on that side is extended as a straight line: the first two points below the
+    range, the last two above it. Below the range the answer is never less than 0 labels (it is
+    clamped at 0). If that end segment is flat or falling, the line never reaches the accuracy
+    in the needed direction and ``N2`` is NaN.
+
+A saving ratio needs ``N2 > 0``; an ``N2`` of 0 (a random curve that starts at 0 labels, or an
+extrapolation clamped at 0) raises :class:`ValueError`.
+
+Default prices
+--------------
+The module constants are reference figures for :func:`overall_cost`, not facts about your setup:
+prices change and differ by region, workforce and task, so pass your own.
+
+``DEFAULT_LABEL_PRICE_USD = 0.012``
+    Price of one annotation (one worker labelling one item) of an image-classification item by
+    a Mechanical-Turk-style public workforce: the per-object price tier that
+    AWS SageMaker Ground Truth suggests for image classification with the Amazon Mechanical Turk
+    workforce. The per-object service fee of Ground Truth itself is not included.
+``DEFAULT_REVIEWS = 3``
+    Annotations bought per item: the paper priced labels with three annotations per sample.
+``DEFAULT_HOURLY_PRICE_USD = 3.06``
+    On-demand hourly price of an AWS EC2 p3.2xlarge (one NVIDIA V100) in us-east-1, the instance
+    family the paper priced training on.
+
+Everything here is plain NumPy (float64).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Literal, Sequence, Tuple, Union, overload
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "DEFAULT_HOURLY_PRICE_USD",
+    "DEFAULT_LABEL_PRICE_USD",
+    "DEFAULT_REVIEWS",
+    "average_sample_saving_ratio",
+    "equivalent_random_labels",
+    "overall_cost",
+    "sample_saving_ratio",
+]
+
+Outside = Literal["clip", "nan", "extrapolate"]
+FloatArray = npt.NDArray[np.float64]
+ArrayInput = Union[Sequence[float], Sequence[Sequence[float]], npt.NDArray[Any]]
+
+_OUTSIDE_MODES: Tuple[str, ...] = ("clip", "nan", "extrapolate")
+
+DEFAULT_LABEL_PRICE_USD: float = 0.012
+"""USD per annotation of one image-classification item (Mechanical-Turk-style public workforce,
+the image-classification price tier of AWS SageMaker Ground Truth with Mechanical Turk). Set your own."""
+
+DEFAULT_REVIEWS: int = 3
+"""Annotations per labelled item (the paper used three per sample). Set your own."""
+
+DEFAULT_HOURLY_PRICE_USD: float = 3.06
+"""USD per hour of an AWS EC2 p3.2xlarge on demand (one V100, us-east-1). Set your own."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_scalar(value: Any) -> bool:
+    """Whether ``value`` is a Python or NumPy real scalar (0-d arrays are arrays)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, np.ndarray)
+
+
+def _as_finite(value: Any, name: str) -> FloatArray:
+    """``value`` as a float64 array; ValueError naming ``name`` if not numeric or not finite."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric, got {value!r}") from exc
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or inf; every value must be finite")
+    return array
+
+
+def _check_nonnegative(array: FloatArray, name: str) -> None:
+    """ValueError naming ``name`` if any entry of ``array`` is negative."""
+    if np.any(array < 0):
+        raise ValueError(f"{name} must not be negative, got a minimum of {float(np.min(array))}")
+
+
+def _check_outside(outside: str) -> None:
+    """ValueError naming ``outside`` if it is not one of the known modes."""
+    if outside not in _OUTSIDE_MODES:
+        raise ValueError(f"unknown outside={outside!r}; expected one of {list(_OUTSIDE_MODES)}")
+
+
+def _random_curve(random_labels: Any, random_accuracy: Any) -> Tuple[FloatArray, FloatArray]:
+    """The validated random curve as two float64 1-D arrays of equal length >= 2."""
+    labels = _as_finite(random_labels, "random_labels")
+    accuracy = _as_finite(random_accuracy, "random_accuracy")
+    if labels.ndim != 1 or accuracy.ndim != 1:
+        raise ValueError(
+            f"random_labels and random_accuracy must be 1-D, got shapes {labels.shape} and {accuracy.shape}"
+        )
+    if labels.size != accuracy.size:
+        raise ValueError(
+            f"random_labels and random_accuracy must have the same length, got {labels.size} and {accuracy.size}"
+        )
+    if labels.size < 2:
+        raise ValueError(
+            f"random_labels needs at least 2 points to interpolate between, got {labels.size}"
+        )
+    _check_nonnegative(labels, "random_labels")
+    if np.any(np.diff(labels) <= 0):
+        raise ValueError("random_labels must be strictly increasing (one accuracy per label count, in order)")
+    return labels, accuracy
+
+
+def _rounds(n_labels: Any, accuracy: Any) -> Tuple[FloatArray, FloatArray]:
+    """The validated per-round label counts and accuracies, of the same shape."""
+    n1 = _as_finite(n_labels, "n_labels")
+    acc = _as_finite(accuracy, "accuracy")
+    _check_nonnegative(n1, "n_labels")
+    if n1.shape != acc.shape:
+        raise ValueError(
+            f"n_labels and accuracy must have the same shape (one entry per round), got {n1.shape} and {acc.shape}"
+        )
+    return n1, acc
+
+
+# ----------------------------------------------------------------------------------------------
+# The random curve's inverse
+# ----------------------------------------------------------------------------------------------
+
+
+def _first_crossing(target: FloatArray, labels: FloatArray, accuracy: FloatArray) -> FloatArray:
+    """Smallest label count at which the curve reaches each target; NaN where it never does.
+
+    Targets at or below the first accuracy get the first label count.
+    """
+    # The first point at or above the target is the first index where the running maximum is.
+    first = np.searchsorted(np.maximum.accumulate(accuracy), target, side="left")
+    reached = first < labels.size
+    hi = np.minimum(first, labels.size - 1)
+    lo = np.maximum(hi - 1, 0)
+    # Between points lo and hi the curve rises from below the target to at or above it. Measured
+    # back from hi, so an accuracy equal to a point's gives exactly that point's label count.
+    rise = accuracy[hi] - accuracy[lo]
+    with np.errstate(all="ignore"):  # only the unreached placeholders (masked below) can misbehave
+        back = (accuracy[hi] - target) / rise * (labels[hi] - labels[lo])
+    inside = np.where(first == 0, labels[0], np.clip(labels[hi] - back, labels[lo], labels[hi]))
+    return np.where(reached, inside, np.nan)
+
+
+def _extrapolate_below(target: FloatArray, labels: FloatArray, accuracy: FloatArray) -> FloatArray:
+    """Label counts on the first segment's line extended backwards (clamped at 0; NaN if not rising)."""
+    rise = accuracy[1] - accuracy[0]
+    if rise <= 0:
+        return np.full(target.shape, np.nan)
+    with np.errstate(over="ignore"):  # a near-flat segment: -inf, clamped to 0 below
+        back = (accuracy[0] - target) / rise * (labels[1] - labels[0])
+    result: FloatArray = np.clip(labels[0] - back, 0.0, labels[0])
+    return result
+
+
+def _extrapolate_above(target: FloatArray, labels: FloatArray, accuracy: FloatArray) -> FloatArray:
+    """Label counts on the last segment's line extended forwards (NaN if not rising)."""
+    rise = accuracy[-1] - accuracy[-2]
+    if rise <= 0:
+        return np.full(target.shape, np.nan)
+    with np.errstate(over="ignore"):  # a near-flat segment: beyond float range is inf
+        forward = (target - accuracy[-1]) / rise * (labels[-1] - labels[-2])
+    result: FloatArray = np.maximum(labels[-1] + forward, labels[-1])
+    return result
+
+
+def _equivalent(target: FloatArray, labels: FloatArray, accuracy: FloatArray, outside: str) -> FloatArray:
+    """N2 for every entry of ``target`` (validated inputs), following the ``outside`` mode."""
+    result = _first_crossing(target, labels, accuracy)
+    below = target < accuracy[0]
+    above = np.isnan(result)
+    if outside == "nan":
+        result[below] = np.nan
+    elif outside == "extrapolate":
+        result[below] = _extrapolate_below(target[below], labels, accuracy)
+        result[above] = _extrapolate_above(target[above], labels, accuracy)
+    else:  # clip: below already holds the first label count
+        result[above] = labels[-1]
+    return result
+
+
+@overload
+def equivalent_random_labels(
+    accuracy: float, random_labels: npt.ArrayLike, random_accuracy: npt.ArrayLike, *, outside: Outside = ...
+) -> float: ...
+
+
+@overload
+def equivalent_random_labels(
+    accuracy: ArrayInput, random_labels: npt.ArrayLike, random_accuracy: npt.ArrayLike, *, outside: Outside = ...
+) -> FloatArray: ...
+
+
+def equivalent_random_labels(
+    accuracy: npt.ArrayLike,
+    random_labels: npt.ArrayLike,
+    random_accuracy: npt.ArrayLike,
+    *,
+    outside: Outside = "clip",
+) -> Union[float, FloatArray]:
+    """Labels random sampling needs to reach ``accuracy`` (N2), read off the random curve.
+
+    N2 is the smallest label count at which the piecewise-linear random curve first reaches
+    ``accuracy`` (its first crossing), so a noisy, non-monotone curve is answered by the first
+    time random sampling got there.
+
+    Parameters
+    ----------
+    accuracy
+        The accuracy (or accuracies) to look up. A Python or NumPy scalar, or array-like of any
+        shape.
+    random_labels
+        Label counts of the random curve: 1-D, at least 2, non-negative, strictly increasing.
+    random_accuracy
+        Random sampling's accuracy at each of ``random_labels`` (same length). Any scale
+        (fractions or percentages) as long as ``accuracy`` uses the same.
+    outside
+        What N2 is for an accuracy outside the curve's range:
+
+        * ``"clip"`` (default): above every point, the largest random label count (random
+          needs at least that many: the saving ratio is a lower bound); below the first point's
+          accuracy, the smallest random label count (exact at round 0, where every method shares
+          random's initial labelled set; an over-statement of N2 elsewhere).
+        * ``"nan"``: NaN.
+        * ``"extrapolate"``: on the straight line through the end segment on that side (the
+          first two points below, the last two above), never below 0 labels; NaN if that
+          segment is flat or falling (and ``inf`` if the line is so nearly flat that the count
+        passes the float64 range).
+
+        An accuracy equal to the first point's is inside the range: the first label count.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        A float for a scalar ``accuracy``; otherwise a float64 array of ``accuracy``'s shape.
+
+    Raises
+    ------
+    ValueError
+        If ``accuracy``, ``random_labels`` or ``random_accuracy`` is not numeric or holds NaN or
+        inf; the random curve is not 1-D, has mismatched lengths, fewer than 2 points, negative
+        or non-increasing label counts; or ``outside`` is unknown.
+
+    Examples
+    --------
+    >>> round(equivalent_random_labels(0.65, [100, 200, 400], [0.5, 0.6, 0.7]), 9)
+    300.0
+    """
+    _check_outside(outside)
+    labels, curve = _random_curve(random_labels, random_accuracy)
+    target = _as_finite(accuracy, "accuracy")
+    result = _equivalent(target.reshape(-1), labels, curve, outside).reshape(target.shape)
+    return float(result) if _is_scalar(accuracy) else result
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving ratios and cost
+# ----------------------------------------------------------------------------------------------
+
+
+def _saving_ratios(
+    n_labels: Any, accuracy: Any, random_labels: Any, random_accuracy: Any, outside: str
+) -> FloatArray:
+    """(N2 - N1) / N2 as a float64 array of the rounds' shape (validated)."""
+    _check_outside(outside)
+    labels, curve = _random_curve(random_labels, random_accuracy)
+    n1, acc = _rounds(n_labels, accuracy)
+    n2 = _equivalent(acc.reshape(-1), labels, curve, outside).reshape(acc.shape)
+    zero = n2 <= 0  # NaN compares False: NaN rounds stay NaN
+    if np.any(zero):
+        rounds = np.flatnonzero(zero).tolist()
+        raise ValueError(
+            f"accuracy {acc[zero].tolist()} (round index {rounds}) needs 0 random labels on the random curve "
+            "(random_labels starts at 0, or outside='extrapolate' reached 0), so the ratio (N2 - N1) / N2 "
+            "is undefined; start random_labels above 0 or use outside='clip' or 'nan'"
+        )
+    with np.errstate(invalid="ignore"):
+        # An extrapolation past float range (N2 = inf) saves everything: the limit of the ratio.
+        ratios: FloatArray = np.where(np.isposinf(n2), 1.0, (n2 - n1) / n2)
+    return ratios
+
+
+@overload
+def sample_saving_ratio(
+    n_labels: float, accuracy: float, random_labels: npt.ArrayLike, random_accuracy: npt.ArrayLike,
+    *, outside: Outside = ...
+) -> float: ...
+
+
+@overload
+def sample_saving_ratio(
+    n_labels: ArrayInput, accuracy: ArrayInput, random_labels: npt.ArrayLike, random_accuracy: npt.ArrayLike,
+    *, outside: Outside = ...
+) -> FloatArray: ...
+
+
+def sample_saving_ratio(
+    n_labels: npt.ArrayLike,
+    accuracy: npt.ArrayLike,
+    random_labels: npt.ArrayLike,
+    random_accuracy: npt.ArrayLike,
+    *,
+    outside: Outside = "clip",
+) -> Union[float, FloatArray]:
+    """Sample saving ratio ``(N2 - N1) / N2`` of each round.
+
+    ``N1`` is ``n_labels``, the labels the method had, and ``N2`` is
+    :func:`equivalent_random_labels` of the accuracy it reached: the first label count at which
+    the piecewise-linear random curve reaches it. 0.25 means random sampling needed a third more
+    labels (the method saved a quarter of them); negative values mean the method needed more
+    labels than random sampling.
+
+    Parameters
+    ----------
+    n_labels
+        The method's label count at each round (non-negative).
+    accuracy
+        The method's accuracy at each round, the same shape as ``n_labels``.
+    random_labels, random_accuracy
+        The random curve, as in :func:`equivalent_random_labels`.
+    outside
+        ``"clip"`` (default), ``"nan"`` or ``"extrapolate"``, as in
+        :func:`equivalent_random_labels`. With ``"clip"`` an accuracy above the whole random
+        curve gives a lower bound on the ratio; one below its first point gives 0 at round 0
+        (when ``N1`` is random's first label count) and an upper bound elsewhere.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        A float when both ``n_labels`` and ``accuracy`` are scalars; otherwise a float64 array
+        of their shape. NaN where ``N2`` is NaN.
+
+    Raises
+    ------
+    ValueError
+        For the input errors of :func:`equivalent_random_labels`; if ``n_labels`` is negative,
+        not finite or not the shape of ``accuracy``; or if ``N2`` is 0 for some round (the
+        ratio is undefined there).
+
+    Examples
+    --------
+    >>> round(sample_saving_ratio(200, 0.65, [100, 200, 400], [0.5, 0.6, 0.7]), 9)  # (300 - 200) / 300
+    0.333333333
+    """
+    ratios = _saving_ratios(n_labels, accuracy, random_labels, random_accuracy, outside)
+    return float(ratios) if _is_scalar(n_labels) and _is_scalar(accuracy) else ratios
+
+
+def average_sample_saving_ratio(
+    n_labels: npt.ArrayLike,
+    accuracy: npt.ArrayLike,
+    random_labels: npt.ArrayLike,
+    random_accuracy: npt.ArrayLike,
+    *,
+    outside: Outside = "clip",
+) -> float:
+    """Mean of :func:`sample_saving_ratio` over rounds, leaving NaN rounds out.
+
+    Parameters
+    ----------
+    n_labels, accuracy, random_labels, random_accuracy, outside
+        As in :func:`sample_saving_ratio`; ``n_labels`` and ``accuracy`` hold one entry per round.
+
+    Returns
+    -------
+    float
+        The mean over the rounds whose ratio is not NaN (only ``outside="nan"`` or
+        ``"extrapolate"`` make NaN rounds); NaN, without a warning, if every round is NaN.
+
+    Raises
+    ------
+    ValueError
+        As :func:`sample_saving_ratio`, and if there are no rounds at all.
+
+    Examples
+    --------
+    >>> n_labels, accuracy = [100, 200, 300], [0.5, 0.65, 0.7]  # N2 = 100, 300, 400
+    >>> ratio = average_sample_saving_ratio(n_labels, accuracy, [100, 200, 400], [0.5, 0.6, 0.7])
+    >>> round(ratio, 9)  # (0 + 1/3 + 1/4) / 3
+    0.194444444
+    """
+    ratios = _saving_ratios(n_labels, accuracy, random_labels, random_accuracy, outside)
+    if ratios.size == 0:
+        raise ValueError("n_labels and accuracy are empty: there are no rounds to average")
+    kept = ratios[~np.isnan(ratios)]
+    return float(np.mean(kept)) if kept.size else float("nan")
+
+
+@overload
+def overall_cost(
+    n_labels: float, label_price: float, train_hours: float, hourly_price: float, *, reviews: int = ...
+) -> float: ...
+
+
+@overload
+def overall_cost(
+    n_labels: npt.ArrayLike, label_price: npt.ArrayLike, train_hours: npt.ArrayLike, hourly_price: npt.ArrayLike,
+    *, reviews: int = ...
+) -> Union[float, FloatArray]: ...
+
+
+def overall_cost(
+    n_labels: npt.ArrayLike,
+    label_price: npt.ArrayLike,
+    train_hours: npt.ArrayLike,
+    hourly_price: npt.ArrayLike,
+    *,
+    reviews: int = 1,
+) -> Union[float, FloatArray]:
+    """Overall cost ``N1 * P_l * reviews + C_tr`` of reaching a model, with ``C_tr = train_hours * hourly_price``.
+
+    Parameters
+    ----------
+    n_labels
+        Labelled items ``N1``.
+    label_price
+        Price ``P_l`` of one annotation of one item (e.g. :data:`DEFAULT_LABEL_PRICE_USD`).
+    train_hours
+        Accelerator hours spent training (and selecting), all rounds included.
+    hourly_price
+        Price of one accelerator hour (e.g. :data:`DEFAULT_HOURLY_PRICE_USD`).
+    reviews
+        Annotations bought per item (an integer >= 1; the paper used
+        :data:`DEFAULT_REVIEWS` = 3). Default 1: ``label_price`` is the price per item.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        A float when all four values are scalars; otherwise their broadcast as float64.
+
+    Raises
+    ------
+    ValueError
+        If any of the four is negative, not numeric or not finite, they do not broadcast
+        together, or ``reviews`` is not an integer >= 1.
+
+    Examples
+    --------
+    >>> round(overall_cost(1000, 0.012, 2.5, 3.06, reviews=3), 6)  # 36 + 7.65
+    43.65
+    """
+    if isinstance(reviews, bool) or not isinstance(reviews, numbers.Integral) or reviews < 1:
+        raise ValueError(f"reviews must be an integer >= 1, got {reviews!r}")
+    values = {"n_labels": n_labels, "label_price": label_price, "train_hours": train_hours,
+              "hourly_price": hourly_price}
+    arrays = {name: _as_finite(value, name) for name, value in values.items()}
+    for name, array in arrays.items():
+        _check_nonnegative(array, name)
+    try:
+        n1, p_l, hours, hourly = np.broadcast_arrays(*arrays.values())
+    except ValueError as exc:
+        shapes = ", ".join(f"{name} {array.shape}" for name, array in arrays.items())
+        raise ValueError(f"n_labels, label_price, train_hours and hourly_price do not broadcast: {shapes}") from exc
+    cost = n1 * p_l * int(reviews) + hours * hourly
+    return float(cost) if all(_is_scalar(value) for value in values.values()) else cost

@@ -1,0 +1,396 @@
+"""The active-learning loop end to end: runs, resume, damaged files, oracles, config errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from asvp_fast.loop import (  # noqa: E402
+    CacheError,
+    ConfigError,
+    FeatureCache,
+    LabelsPending,
+    StateError,
+    parse_config,
+    run,
+)
+from asvp_fast.loop.data import synthetic_case  # noqa: E402
+from asvp_fast.loop.proxy import MLPProxy, ProxyConfig, proxy_outputs, train_proxy  # noqa: E402
+from asvp_fast.loop.run import Runner  # noqa: E402
+from asvp_fast.loop.strategies import STRATEGIES, SelectorView, select  # noqa: E402
+
+
+def synthetic_config(**overrides):
+    raw = {
+        "seed": 3,
+        "methods": ["random", "svpp", "standard"],
+        "data": {"case": "synthetic", "pool_size": 300, "test_size": 120},
+        "schedule": {"initial": 20, "steps": [{"until": 60, "step": 20}]},
+        "training": {"epochs": 2, "batch_size": 16, "lp_epochs": 2},
+        "proxy": {"epochs": 10},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return parse_config(raw)
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def outcome(state):
+    """What must not depend on interruptions: rows bought per round, accuracies, labels."""
+    return {
+        name: [(r.round, r.n_labels, r.new, r.accuracy, r.stage) for r in m.rounds] for name, m in state.methods.items()
+    }, dict(sorted(state.labels.items()))
+
+
+# -- whole runs --------------------------------------------------------------------------------------
+def test_synthetic_run_writes_state_results_and_plots(tmp_path):
+    cfg = synthetic_config()
+    state = run(cfg, tmp_path / "run", echo=quiet)
+    budgets = cfg.schedule.budgets()
+    assert budgets == [20, 40, 60]
+    case = synthetic_case(pool_size=300, test_size=120, seed=0)
+    for name in cfg.methods:
+        m = state.methods[name]
+        assert [r.n_labels for r in m.rounds] == budgets
+        rows = m.labelled()
+        assert rows.size == np.unique(rows).size == 60
+        assert all(r.stage == "done" and 0.0 <= r.accuracy <= 1.0 for r in m.rounds)
+        # the simulated oracle revealed the true labels
+        assert np.array_equal(state.labels_of(rows), case.pool_labels[rows])
+    # every nested method starts from the same initial random set, and round 0 trains once
+    firsts = {tuple(state.methods[n].rounds[0].new) for n in cfg.methods}
+    assert len(firsts) == 1
+    assert state.methods["random"].rounds[0].info.get("memo") is True
+    # methods really select differently after round 0
+    assert state.methods["svpp"].rounds[1].new != state.methods["random"].rounds[1].new
+    out = tmp_path / "run"
+    text = (out / "results.md").read_text()
+    assert "average sample saving ratio" in text and "| svpp |" in text
+    assert (out / "accuracy.png").stat().st_size > 1000 and (out / "equivalent_labels.png").exists()
+    saved = json.loads((out / "state.json").read_text())
+    assert set(saved["methods"]) == set(cfg.methods)
+
+
+def test_same_seed_same_run_and_existing_run_needs_resume(tmp_path):
+    cfg = synthetic_config(methods=["random", "svpp"])
+    a = run(cfg, tmp_path / "a", echo=quiet, report=False)
+    b = run(cfg, tmp_path / "b", echo=quiet, report=False)
+    assert outcome(a) == outcome(b)
+    with pytest.raises(ConfigError, match="--resume"):
+        run(cfg, tmp_path / "a", echo=quiet)
+    # a finished run resumes to the same state without redoing work
+    again = run(cfg, tmp_path / "a", resume=True, echo=quiet, report=False)
+    assert outcome(again) == outcome(a)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_at", [1, 4, 7])
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch, crash_at):
+    cfg = synthetic_config(methods=["random", "svpp", "standard"])
+    reference = run(cfg, tmp_path / "ref", echo=quiet, report=False)
+
+    calls = {"n": 0}
+    original = Runner._train_and_evaluate
+
+    def crashing(self, method, r, *, last):
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise Crash("simulated crash")
+        return original(self, method, r, last=last)
+
+    monkeypatch.setattr(Runner, "_train_and_evaluate", crashing)
+    with pytest.raises(Crash):
+        run(cfg, tmp_path / "crash", echo=quiet, report=False)
+    saved = json.loads((tmp_path / "crash" / "state.json").read_text())
+    bought_before = dict(zip(saved["labels"]["rows"], saved["labels"]["values"]))
+    assert bought_before, "labels bought before the crash must be on disk"
+    monkeypatch.setattr(Runner, "_train_and_evaluate", original)
+    resumed = run(cfg, tmp_path / "crash", resume=True, echo=quiet, report=False)
+    assert outcome(resumed) == outcome(reference)
+    assert all(resumed.labels[int(k)] == v for k, v in bought_before.items())
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    cfg = synthetic_config(methods=["random"])
+    run(cfg, tmp_path / "r", echo=quiet, report=False)
+    changed = synthetic_config(methods=["random"], seed=4)
+    with pytest.raises(StateError, match="seed"):
+        run(changed, tmp_path / "r", resume=True, echo=quiet)
+
+
+# -- damaged files -----------------------------------------------------------------------------------
+def test_truncated_or_corrupt_state_is_reported(tmp_path):
+    cfg = synthetic_config(methods=["random"])
+    run(cfg, tmp_path / "r", echo=quiet, report=False)
+    state_path = tmp_path / "r" / "state.json"
+    text = state_path.read_text()
+    state_path.write_text(text[: len(text) // 2])
+    with pytest.raises(StateError, match="damaged or truncated.*state.prev.json"):
+        run(cfg, tmp_path / "r", resume=True, echo=quiet)
+    raw = json.loads(text)
+    raw["methods"]["random"][1]["new"] = [10**6]  # a row without a label
+    state_path.write_text(json.dumps(raw))
+    with pytest.raises(StateError, match="without labels"):
+        run(cfg, tmp_path / "r", resume=True, echo=quiet)
+
+
+class _Counter(torch.nn.Module):
+    """A backbone whose features are a known function of the input (and that can crash)."""
+
+    feature_dim = 3
+    backbone_id = "counter"
+
+    def __init__(self, crash_after=None):
+        super().__init__()
+        self.calls = 0
+        self.crash_after = crash_after
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def to_device(self, batch, device):
+        return batch.to(device)
+
+    def forward(self, x):
+        self.calls += 1
+        if self.crash_after is not None and self.calls > self.crash_after:
+            raise Crash("extraction crashed")
+        return torch.stack([x, 2 * x, x * x], dim=1) * self.scale
+
+
+def _extract(cache, backbone, n=1000, **kw):
+    data = torch.arange(n, dtype=torch.float32) / 100
+    return cache.extract(backbone, data, lambda items: torch.stack(items), split="pool", dataset_id="ramp",
+                         batch_size=64, flush_every_s=0.0, **kw)
+
+
+def test_cache_extraction_resumes_and_matches_an_uninterrupted_one(tmp_path):
+    full = np.array(_extract(FeatureCache(tmp_path / "a"), _Counter()))
+    x = np.arange(1000, dtype=np.float32) / 100
+    np.testing.assert_allclose(full, np.stack([x, 2 * x, x * x], 1).astype(np.float16), rtol=1e-3)
+    cache = FeatureCache(tmp_path / "b")
+    with pytest.raises(Crash):
+        _extract(cache, _Counter(crash_after=5))
+    progress = json.loads(next((tmp_path / "b").glob("*.progress.json")).read_text())
+    assert progress["rows_done"] == 5 * 64
+    resumed_backbone = _Counter()
+    out = _extract(cache, resumed_backbone)
+    assert resumed_backbone.calls == -(-(1000 - 5 * 64) // 64), "only the missing batches are recomputed"
+    np.testing.assert_array_equal(np.array(out), full)
+    assert cache.versions("pool") == [0]
+    # a different spec (dtype) does not reuse the partial file of another
+    assert not list((tmp_path / "b").glob("*.partial"))
+
+
+def test_cache_detects_truncation_corruption_and_mismatch(tmp_path):
+    cache = FeatureCache(tmp_path)
+    _extract(cache, _Counter(), n=200)
+    m = cache.manifest("pool", 0)
+    path = cache.data_path("pool", 0, m.dtype)
+    with pytest.raises(CacheError, match="built for backbone"):
+        cache.load("pool", 0, backbone_id="resnet50")
+    with pytest.raises(CacheError, match="row count"):
+        cache.load("pool", 0, n=201)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="checksum"):
+        cache.load("pool", 0)
+    path.write_bytes(bytes(data[:-6]))
+    with pytest.raises(CacheError, match="truncated"):
+        cache.load("pool", 0, verify=False)
+    cache.manifest_path("pool", 0).write_text("{not json")
+    with pytest.raises(CacheError, match="corrupt"):
+        cache.load("pool", 0)
+    with pytest.raises(CacheError, match="no finished feature cache"):
+        cache.load("pool", 1)
+
+
+def test_cache_rejects_nan_features(tmp_path):
+    class NaNAt7(_Counter):
+        def forward(self, x):
+            out = super().forward(x)
+            out[x == 0.07] = float("nan")
+            return out
+
+    with pytest.raises(CacheError, match="item 7"):
+        _extract(FeatureCache(tmp_path), NaNAt7(), n=100)
+
+
+# -- the file oracle -----------------------------------------------------------------------------------
+def test_file_oracle_round_trip_equals_the_simulated_run(tmp_path):
+    sim = run(synthetic_config(methods=["random", "svpp"]), tmp_path / "sim", echo=quiet, report=False)
+    cfg = synthetic_config(methods=["random", "svpp"], oracle={"kind": "file", "dir": "to-label"})
+    truth = synthetic_case(pool_size=300, test_size=120, seed=0)
+    out = tmp_path / "real"
+    batches = 0
+    while True:
+        try:
+            state = run(cfg, out, resume=(out / "state.json").exists(), echo=quiet, report=False)
+            break
+        except LabelsPending as pending:
+            batches += 1
+            rows = list(csv.DictReader(pending.path.open()))
+            assert rows and all(r["label"] == "" for r in rows)
+            with pending.path.open("w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["index", "item", "label"])
+                for i, r in enumerate(rows):  # answers as class names and as numbers
+                    y = int(truth.pool_labels[int(r["index"])])
+                    w.writerow([r["index"], r["item"], truth.class_names[y] if i % 2 else y])
+    # random and svpp share round 0, so it is asked for once: 1 + 2 + 2 batches
+    assert batches == 5
+    assert outcome(state) == outcome(sim)
+
+
+def test_file_oracle_rejects_bad_answers(tmp_path):
+    cfg = synthetic_config(methods=["random"], oracle={"kind": "file"})
+    with pytest.raises(LabelsPending) as info:
+        run(cfg, tmp_path / "r", echo=quiet)
+    path = info.value.path
+    rows = list(csv.DictReader(path.open()))
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "item", "label"])
+        for r in rows:
+            w.writerow([r["index"], r["item"], "not-a-class"])
+    from asvp_fast.loop.oracle import OracleError
+
+    with pytest.raises(OracleError, match="not-a-class"):
+        run(cfg, tmp_path / "r", resume=True, echo=quiet)
+
+
+# -- config errors: named fields, before any work ----------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"selection": {"strategy": "magic"}}, "selection.strategy"),
+        ({"methods": ["random", "nope"]}, "methods\\[1\\]"),
+        ({"methods": ["standard:sgd"]}, "methods\\[0\\]"),
+        ({"schedule": {"initial": 20, "steps": [{"until": 10, "step": 5}]}}, "schedule.steps\\[0\\].until"),
+        ({"training": {"epochs": "ten"}}, "training.epochs"),
+        ({"training": {"mode": "lora"}}, "training"),
+        ({"data": {"case": "imagefolder", "train_dir": "/nonexistent/train", "test_dir": "/nonexistent"}}, "data.train_dir"),
+        ({"data": {"case": "cifar"}}, "data.case"),
+        ({"proxy": {"widht": 3}}, "widht"),
+        ({"oracle": {"kind": "crowd"}}, "oracle.kind"),
+    ],
+)
+def test_bad_configs_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        synthetic_config(**overrides)
+
+
+def test_budget_larger_than_pool_fails_before_any_work(tmp_path):
+    cfg = synthetic_config(schedule={"initial": 100, "steps": [{"until": 400, "step": 100}]})
+    with pytest.raises(ConfigError, match="pool has only 300"):
+        run(cfg, tmp_path / "r", echo=quiet)
+    assert not (tmp_path / "r").exists()
+
+
+def test_asvp_slot_is_reserved(tmp_path):
+    cfg = synthetic_config(methods=["random", "asvp"])
+    with pytest.raises(ConfigError, match="asvp"):
+        run(cfg, tmp_path / "r", echo=quiet)
+
+
+def test_yaml_and_toml_configs_load(tmp_path):
+    from asvp_fast.loop import load_config
+
+    (tmp_path / "c.toml").write_text('methods = ["random"]\n[data]\ncase = "synthetic"\n')
+    (tmp_path / "c.yaml").write_text('methods: [random]\ndata:\n  case: synthetic\n')
+    assert load_config(tmp_path / "c.toml") == load_config(tmp_path / "c.yaml")
+    (tmp_path / "bad.toml").write_text("[data\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_schedule_budgets_follow_the_paper():
+    imagenet = parse_config({"data": {"case": "synthetic"}, "schedule": {
+        "initial": 10000, "steps": [{"until": 100000, "step": 10000}, {"until": 400000, "step": 50000}]}})
+    b = imagenet.schedule.budgets()
+    assert b[:3] == [10000, 20000, 30000] and b[9] == 100000 and b[10] == 150000 and b[-1] == 400000
+    assert len(b) == 16  # the paper's 16 ImageNet rounds
+    odd = parse_config({"data": {"case": "synthetic"}, "schedule": {"initial": 100, "steps": [{"until": 350, "step": 100}]}})
+    assert odd.schedule.budgets() == [100, 200, 300, 350]
+
+
+# -- proxy and strategies ----------------------------------------------------------------------------
+def test_proxy_architecture_and_determinism(rng):
+    proxy = MLPProxy(12, 5)
+    kinds = [type(m).__name__ for m in proxy.embed] + [type(proxy.head).__name__]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert proxy.embed[0].out_features == 12  # hidden width = feature dim
+    x = rng.normal(size=(400, 12)).astype(np.float16)
+    y = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0)
+    rows = np.arange(0, 400, 2)
+    a = train_proxy(x, rows, y[rows], 4, ProxyConfig(epochs=30, batch_size=64), seed=1)
+    b = train_proxy(x, rows, y[rows], 4, ProxyConfig(epochs=30, batch_size=64), seed=1)
+    la, ha = proxy_outputs(a, x)
+    lb, hb = proxy_outputs(b, x)
+    np.testing.assert_array_equal(la, lb)
+    assert ha.shape == (400, 12) and ha.dtype == np.float16
+    held_out = np.arange(1, 400, 2)
+    assert (la[held_out].argmax(1) == y[held_out]).mean() > 0.8  # it learns the quadrants
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_strategy_returns_valid_new_rows(strategy, rng):
+    n = 300
+    view = SelectorView(n, logits=rng.normal(size=(n, 4)).astype(np.float32),
+                        embedding=rng.normal(size=(n, 6)).astype(np.float32),
+                        features=rng.normal(size=(n, 8)).astype(np.float16))
+    labelled = rng.choice(n, 30, replace=False)
+    for space in ("embedding", "features"):
+        picks = select(strategy, view, labelled, 25, seed=2, space=space)
+        assert picks.dtype == np.int64 and picks.size == 25 == np.unique(picks).size
+        assert not np.isin(picks, labelled).any()
+        np.testing.assert_array_equal(picks, select(strategy, view, labelled, 25, seed=2, space=space))
+
+
+def test_uncertainty_strategy_picks_the_smallest_margins(rng):
+    logits = rng.normal(size=(200, 3)).astype(np.float32)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    s = np.sort(p, 1)
+    margin = s[:, -1] - s[:, -2]
+    labelled = np.arange(10)
+    picks = select("margin", SelectorView(200, logits=logits), labelled, 5)
+    expected = [i for i in np.argsort(margin, kind="stable") if i >= 10][:5]
+    assert sorted(picks) == sorted(expected)
+
+
+def test_strategy_errors_name_the_problem(rng):
+    view = SelectorView(50, logits=rng.normal(size=(50, 3)).astype(np.float32))
+    with pytest.raises(ValueError, match="only 40 of 50"):
+        select("margin", view, np.arange(10), 41)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        select("magic", view, np.arange(10), 3)
+    with pytest.raises(ValueError, match="no 'embedding'"):
+        select("coreset", view, np.arange(10), 3)
+    with pytest.raises(ValueError, match="needs class scores"):
+        select("margin", SelectorView(50), np.arange(10), 3)
+
+
+def test_work_files_never_leak_between_methods(tmp_path):
+    cfg = synthetic_config(methods=["random", "standard", "standard:lp-ft"])
+    run(cfg, tmp_path / "r", echo=quiet, report=False)
+    names = sorted(p.name for p in (tmp_path / "r" / "work").iterdir())
+    assert names == ["standard-features", "standard-lp-ft-features"]
+    shutil.rmtree(tmp_path / "r")

