@@ -71,6 +71,7 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
         from .loop.oracle import LabelsPending, OracleError
         from .loop.run import run
         from .loop.state import StateError
+        from .loop.training import TrainingDiverged
     except ImportError as exc:
         print(f"asvp-fast: the active-learning loop needs PyTorch and the demo models: pip install 'asvp-fast[demo]' ({exc})",
               file=sys.stderr)
@@ -86,7 +87,7 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
     except LabelsPending as exc:
         print(f"asvp-fast: {exc}", file=sys.stderr)
         return 3
-    except (ConfigError, StateError, CacheError, OracleError) as exc:
+    except (ConfigError, StateError, CacheError, OracleError, TrainingDiverged) as exc:
         print(f"asvp-fast: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -108,15 +109,9 @@ def _demo(args: "argparse.Namespace") -> int:
     text = resources.files("asvp_fast").joinpath("configs/demo.toml").read_text(encoding="utf-8")
 
     def get_config() -> object:
-        import sys as _sys
+        from .loop.config import parse_config, parse_toml
 
-        if _sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover
-            import tomli as tomllib
-        from .loop.config import parse_config
-
-        return parse_config(tomllib.loads(text))
+        return parse_config(parse_toml(text, "the demo config"))
 
     print(f"asvp-fast demo: random vs SVPp vs standard AL, margin sampling, WordNet noun glosses + all-MiniLM-L6-v2 "
           f"(CPU: about 10 minutes); results in {out}/")

@@ -231,6 +231,17 @@ def test_cache_rejects_nan_features(tmp_path):
         _extract(FeatureCache(tmp_path), NaNAt7(), n=100)
 
 
+def test_cache_refuses_features_beyond_float16(tmp_path):
+    class Huge(_Counter):
+        def forward(self, x):
+            return super().forward(x) * 1e5
+
+    with pytest.raises(CacheError, match="beyond float16's range.*float32"):
+        _extract(FeatureCache(tmp_path / "h"), Huge(), n=100)
+    ok = _extract(FeatureCache(tmp_path / "f"), Huge(), n=100, dtype="float32")
+    assert ok.dtype == np.float32 and np.isfinite(ok).all()
+
+
 # -- the file oracle -----------------------------------------------------------------------------------
 def test_file_oracle_round_trip_equals_the_simulated_run(tmp_path):
     sim = run(synthetic_config(methods=["random", "svpp"]), tmp_path / "sim", echo=quiet, report=False)
@@ -300,6 +311,16 @@ def test_budget_larger_than_pool_fails_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="pool has only 300"):
         run(cfg, tmp_path / "r", echo=quiet)
     assert not (tmp_path / "r").exists()
+
+
+def test_diverging_training_is_reported(tmp_path):
+    from asvp_fast.loop.training import TrainingDiverged
+
+    cfg = synthetic_config(methods=["random"], training={"head_lr": 1e30, "backbone_lr": 1e30})
+    with pytest.raises(TrainingDiverged, match="lower training.head_lr"):
+        run(cfg, tmp_path / "r", echo=quiet)
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert len(state["labels"]["rows"]) == 20  # the labels bought before training are kept
 
 
 def test_asvp_slot_is_reserved(tmp_path):

@@ -261,7 +261,7 @@ class FeatureCache:
                     feats = backbone(backbone.to_device(batch, dev)).float()
                     rows = order[done : done + feats.shape[0]]
                     _check_finite(feats, rows, split)
-                    out[rows] = feats.cpu().numpy().astype(out.dtype, copy=False)
+                    out[rows] = _to_cache_dtype(feats.cpu().numpy(), out.dtype, rows, split)
                     done += feats.shape[0]
                     if bar is not None:
                         bar.update(feats.shape[0])
@@ -356,6 +356,19 @@ def _check_finite(feats: Any, rows: np.ndarray, split: str) -> None:
     if bool(bad.any()):
         first = int(rows[int(torch.nonzero(bad)[0, 0])])
         raise CacheError(f"the backbone produced NaN/Inf features for {split} item {first}")
+
+
+def _to_cache_dtype(feats: np.ndarray, dtype: np.dtype, rows: np.ndarray, split: str) -> np.ndarray:
+    """Cast to the cache's dtype, refusing values that float16 cannot hold (they would become inf)."""
+    if dtype == np.float16:
+        big = np.abs(feats).max(axis=1) > float(np.finfo(np.float16).max)
+        if big.any():
+            first = int(np.argmax(big))
+            raise CacheError(
+                f"{split} item {int(rows[first])} has features of magnitude {float(np.abs(feats[first]).max()):.3g}, "
+                f"beyond float16's range: use cache.dtype = 'float32' (or check the backbone)"
+            )
+    return feats.astype(dtype, copy=False)
 
 
 def resolve_device(device: str) -> "Any":

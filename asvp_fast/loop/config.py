@@ -146,7 +146,7 @@ def load_config(path: "Path | str") -> RunConfig:
         raise ConfigError(f"config file {path} does not exist")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".toml":
-        raw = _parse_toml(text, path)
+        raw = parse_toml(text, path)
     elif path.suffix.lower() in (".yaml", ".yml"):
         raw = _parse_yaml(text, path)
     else:
@@ -154,7 +154,7 @@ def load_config(path: "Path | str") -> RunConfig:
     return parse_config(raw, base_dir=str(path.parent.resolve()))
 
 
-def _parse_toml(text: str, path: Path) -> Dict[str, Any]:
+def parse_toml(text: str, where: "Path | str") -> Dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python < 3.11
@@ -162,7 +162,7 @@ def _parse_toml(text: str, path: Path) -> Dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from exc
 
 
 def _parse_yaml(text: str, path: Path) -> Dict[str, Any]:

@@ -153,7 +153,7 @@ def plot(summaries: List[MethodSummary], run_dir: Path) -> List[Path]:
     if with_eq:
         fig, ax = plt.subplots(figsize=(6, 4))
         for s in with_eq:
-            ax.plot(s.labels, s.equivalent, marker="o", label=s.name)
+            ax.plot(s.labels, s.equivalent or [], marker="o", label=s.name)
         top = max(max(s.labels) for s in with_eq)
         ax.plot([0, top], [0, top], color="grey", linestyle=":", label="no saving")
         ax.set_xlabel("labelled samples")

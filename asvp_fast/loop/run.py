@@ -17,7 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -46,7 +46,7 @@ def build_case(cfg: RunConfig) -> Case:
         return data.synthetic_case(**sizes, seed=d.seed)
     return data.imagefolder_case(str(cfg.path(d.train_dir)), str(cfg.path(d.test_dir)),
                                  checkpoint=str(cfg.path(d.checkpoint)) if d.checkpoint else None,
-                                 **({"image_size": d.image_size} if d.image_size else {}))
+                                 image_size=d.image_size or 224, pool_size=d.pool_size, test_size=d.test_size, seed=d.seed)
 
 
 @dataclass
@@ -63,7 +63,7 @@ class RunContext:
 
     @property
     def n_pool(self) -> int:
-        return len(self.case.pool)
+        return len(self.case.pool)  # type: ignore[arg-type]
 
     @property
     def work_dir(self) -> Path:
@@ -129,7 +129,7 @@ class Runner:
     def prepare(self) -> RunContext:
         cfg = self.config
         case = build_case(cfg)
-        check_budget(cfg, len(case.pool))
+        check_budget(cfg, len(case.pool))  # type: ignore[arg-type]
         if cfg.oracle.kind == "simulated" and case.pool_labels is None:
             raise ConfigError("oracle.kind = 'simulated' needs pool labels, and this data has none; use oracle.kind = 'file'")
         state = self._open_state()
@@ -192,7 +192,7 @@ class Runner:
         labelled = mstate.labelled()
         start = time.perf_counter()
         if r == 0:
-            picked, info = method.initial(target), {}
+            picked, info = method.initial(target), {}  # type: Tuple[np.ndarray, Dict[str, Any]]
         else:
             picked, info = method.select(r, labelled if method.nested else mstate.train_rows(r), target - len(labelled) if method.nested else target)
         select_s = time.perf_counter() - start if r > 0 else 0.0

@@ -54,7 +54,7 @@ def _random(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: 
 
 def _uncertainty(kind: str) -> StrategyFn:
     def pick(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
-        return np.asarray(select_uncertain(view.need_logits(kind), k, kind, from_logits=True, exclude=labelled))
+        return np.asarray(select_uncertain(view.need_logits(kind), k, kind, from_logits=True, exclude=labelled))  # type: ignore[arg-type]
 
     return pick
 

@@ -28,6 +28,16 @@ from .types import Backbone
 TRAINING_MODES = ("ft", "lp-ft")
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the learning rates are too high for this model and data."""
+
+
+def _check_loss(loss: torch.Tensor, stage: str, epoch: int, lr_fields: str) -> None:
+    if not bool(torch.isfinite(loss)):
+        raise TrainingDiverged(f"{stage} diverged in epoch {epoch + 1}: the loss is {float(loss)}; "
+                               f"lower {lr_fields} in the [training] config")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Target-model training; defaults follow the paper's CIFAR settings scaled to short runs."""
@@ -111,7 +121,8 @@ def train_classifier(
     torch.manual_seed(int(seed))
     model = Classifier(make_backbone(), num_classes).to(dev)
     for name, p in model.backbone.named_parameters():
-        p.requires_grad_(not any(name.startswith(f) for f in config.frozen))
+        # backbone_lr = 0 freezes the backbone outright: no gradients are computed for it
+        p.requires_grad_(config.backbone_lr > 0 and not any(name.startswith(f) for f in config.frozen))
     if config.mode == "lp-ft":
         feats = lp_features[rows] if lp_features is not None else _live_features(model.backbone, pool, collate, rows, config, dev)
         _linear_probe(model.head, np.asarray(feats, dtype=np.float32), labels, config, seed=seed, device=dev)
@@ -127,11 +138,12 @@ def _linear_probe(head: nn.Linear, feats: np.ndarray, labels: np.ndarray, config
     opt = torch.optim.SGD(head.parameters(), lr=config.lp_lr, momentum=config.momentum, weight_decay=config.weight_decay)
     steps = config.lp_epochs * math.ceil(len(y) / config.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
-    for _ in range(config.lp_epochs):
+    for epoch in range(config.lp_epochs):
         perm = torch.randperm(len(y), generator=gen).to(device)
         for s in range(0, len(y), config.batch_size):
             b = perm[s : s + config.batch_size]
             loss = nn.functional.cross_entropy(head(x[b]), y[b])
+            _check_loss(loss, "the linear probe (LP-FT)", epoch, "training.lp_lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -158,10 +170,12 @@ def _fine_tune(model: Classifier, pool: Any, collate: Any, rows: np.ndarray, lab
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     bar: Any = task_bar(steps, "fine-tune", progress, unit="step")
     model.train()
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
         for batch, y in loader:
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                 loss = nn.functional.cross_entropy(model(model.backbone.to_device(batch, device)), y.to(device))
+            if not use_amp:  # with AMP the scaler skips steps whose gradients overflow
+                _check_loss(loss, "fine-tuning", epoch, "training.head_lr / training.backbone_lr")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -185,7 +199,7 @@ def _live_features(backbone: Backbone, pool: Any, collate: Any, rows: np.ndarray
 
 @torch.inference_mode()
 def predict(model: Classifier, dataset: Any, collate: Any, config: TrainConfig,
-            lengths: Optional[Sequence[int]] = None, progress: Optional[bool] = None) -> np.ndarray:
+            lengths: "Optional[Sequence[int] | np.ndarray]" = None, progress: Optional[bool] = None) -> np.ndarray:
     """Predicted classes of every item of ``dataset`` (length-sorted batches when lengths are given)."""
     dev = next(model.parameters()).device
     n = len(dataset)
