@@ -342,6 +342,16 @@ def test_yaml_and_toml_configs_load(tmp_path):
         load_config(tmp_path / "missing.toml")
 
 
+def test_random_baseline_extends_past_the_budget(tmp_path):
+    cfg = synthetic_config(methods=["random", "svpp"], evaluation={"random_extra_rounds": 2})
+    state = run(cfg, tmp_path / "r", echo=quiet)
+    assert [r.n_labels for r in state.methods["random"].rounds] == [20, 40, 60, 80, 100]
+    assert [r.n_labels for r in state.methods["svpp"].rounds] == [20, 40, 60]
+    assert "| 100 |" in (tmp_path / "r" / "results.md").read_text()
+    with pytest.raises(ConfigError, match="random_extra_rounds"):
+        run(synthetic_config(evaluation={"random_extra_rounds": 20}), tmp_path / "big", echo=quiet)
+
+
 def test_schedule_budgets_follow_the_paper():
     imagenet = parse_config({"data": {"case": "synthetic"}, "schedule": {
         "initial": 10000, "steps": [{"until": 100000, "step": 10000}, {"until": 400000, "step": 50000}]}})

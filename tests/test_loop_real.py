@@ -36,7 +36,8 @@ def test_demo_config_on_a_tiny_wordnet_subset(tmp_path):
     state = run(parse_config(raw), tmp_path / "demo", echo=quiet)
     for name in raw["methods"]:
         rounds = state.methods[name].rounds
-        assert [r.n_labels for r in rounds] == [20, 40, 60]
+        extra = [80, 100] if name == "random" else []  # the demo's random baseline runs 2 rounds further
+        assert [r.n_labels for r in rounds] == [20, 40, 60] + extra
         assert all(0 <= r.accuracy <= 1 for r in rounds)
     # 26 classes, 60 labels, one epoch: far from converged, but clearly above chance (1/26)
     assert max(r.accuracy for r in state.methods["standard"].rounds) > 0.08

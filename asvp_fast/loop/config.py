@@ -66,14 +66,20 @@ class ScheduleConfig:
     initial: int = 100
     steps: Tuple[Tuple[int, int], ...] = ((2000, 200),)
 
-    def budgets(self) -> List[int]:
-        """Cumulative label counts after each round, round 0 being the initial random set."""
+    def budgets(self, extra_rounds: int = 0) -> List[int]:
+        """Cumulative label counts after each round, round 0 being the initial random set.
+
+        ``extra_rounds`` continues past the last round with the last step size (the random
+        baseline's curve must reach past the AL methods' accuracies to value their savings).
+        """
         out = [self.initial]
         for until, step in self.steps:
             while out[-1] + step <= until:
                 out.append(out[-1] + step)
             if out[-1] < until:  # a last, smaller step lands exactly on `until`
                 out.append(until)
+        for _ in range(extra_rounds):
+            out.append(out[-1] + self.steps[-1][1])
         return out
 
 
@@ -99,6 +105,7 @@ class CostConfig:
 @dataclass(frozen=True)
 class EvaluationConfig:
     every_round: bool = True
+    random_extra_rounds: int = 0  # random baseline rounds past the budget (see ScheduleConfig.budgets)
 
 
 @dataclass(frozen=True)
@@ -313,6 +320,7 @@ def _check_positive(cfg: RunConfig) -> None:
         "cache.batch_size": cfg.cache.batch_size > 0, "cache.num_workers": cfg.cache.num_workers >= 0,
         "costs.label_price": cfg.costs.label_price >= 0, "costs.reviews": cfg.costs.reviews >= 1,
         "costs.hourly_price": cfg.costs.hourly_price >= 0,
+        "evaluation.random_extra_rounds": cfg.evaluation.random_extra_rounds >= 0,
     }
     for name, ok in checks.items():
         if not ok:
@@ -341,3 +349,7 @@ def check_budget(cfg: RunConfig, pool_size: int) -> None:
     if final > pool_size:
         raise ConfigError(f"schedule: the last round needs {final} labels, but the pool has only {pool_size} items "
                           f"(lower schedule.steps[-1].until or raise data.pool_size)")
+    extra = cfg.evaluation.random_extra_rounds
+    if "random" in cfg.methods and cfg.schedule.budgets(extra)[-1] > pool_size:
+        raise ConfigError(f"evaluation.random_extra_rounds: {extra} extra random rounds need "
+                          f"{cfg.schedule.budgets(extra)[-1]} labels, but the pool has only {pool_size} items")

@@ -55,8 +55,10 @@ def summarise(state: RunState, config: RunConfig) -> List[MethodSummary]:
             eq = [float(x) for x in np.atleast_1d(metrics.equivalent_random_labels(np.array(acc), *random_curve))]
             ratio = [float(x) for x in np.atleast_1d(metrics.sample_saving_ratio(np.array(labels, float), np.array(acc), *random_curve))]
             avg = float(metrics.average_sample_saving_ratio(np.array(labels, float), np.array(acc), *random_curve))
-        bought = len({x for r in m.rounds for x in r.new})
-        hours = _compute_seconds(name, m.rounds, state) / 3600.0
+        # costs at the AL budget: the random baseline's extra rounds only serve the comparison
+        costed = m.rounds[: len(config.schedule.budgets())]
+        bought = len({x for r in costed for x in r.new})
+        hours = _compute_seconds(name, costed, state) / 3600.0
         cost = float(metrics.overall_cost(bought, config.costs.label_price, hours, config.costs.hourly_price,
                                           reviews=config.costs.reviews))
         out.append(MethodSummary(name, labels, acc, [r.select_s for r in rounds], eq, ratio, avg, bought, hours, cost))
@@ -91,6 +93,7 @@ def markdown(summaries: List[MethodSummary], config: RunConfig, state: RunState)
     lines = [f"# Active-learning run: {config.data.case}, strategy {config.selection.strategy}", ""]
     lines += ["Accuracy on the held-out set per round (equivalent random labels, sample saving ratio).", ""]
     names = [s.name for s in summaries]
+    random_acc = next((s.accuracy for s in summaries if s.name == "random"), [])
     lines.append("| labels | " + " | ".join(names) + " |")
     lines.append("|---:|" + "---:|" * len(names))
     n_rounds = max((len(s.labels) for s in summaries), default=0)
@@ -103,7 +106,8 @@ def markdown(summaries: List[MethodSummary], config: RunConfig, state: RunState)
                 continue
             cell = f"{100 * s.accuracy[i]:.1f}%"
             if s.equivalent is not None and s.ratio is not None and s.name != "random":
-                cell += f" ({_num(s.equivalent[i])}, {_pct(s.ratio[i])})"
+                bound = _bound(s.accuracy[i], random_acc)
+                cell += f" ({bound}{_num(s.equivalent[i])}, {bound}{_pct(s.ratio[i])})"
             cells.append(cell)
         lines.append(f"| {label_count} | " + " | ".join(cells) + " |")
     lines += ["", "| method | average sample saving ratio | labels bought | selection time (s) | compute (h) | overall cost (USD) |",
@@ -114,10 +118,16 @@ def markdown(summaries: List[MethodSummary], config: RunConfig, state: RunState)
     c = config.costs
     lines += ["", f"Overall cost = labels × {c.label_price} USD × {c.reviews} reviews + compute hours × {c.hourly_price} USD/h "
               "(defaults: see `asvp_fast.metrics`). Equivalent random labels come from the random curve; outside its "
-              "range they are clipped to its ends (see `asvp_fast.metrics.equivalent_random_labels`)."]
+              "range they are clipped to its ends (see `asvp_fast.metrics.equivalent_random_labels`); ≥ marks "
+              "accuracies above the whole random curve, whose savings are lower bounds."]
     if "extract_pool_s" in state.stages:
         lines.append(f"Pre-trained feature extraction: {state.stages['extract_pool_s']:.1f} s.")
     return "\n".join(lines) + "\n"
+
+
+def _bound(acc: float, random_acc: List[float]) -> str:
+    """"≥" where the accuracy is above the whole random curve: N₂ (and the saving) is then a lower bound."""
+    return "≥" if random_acc and acc > max(random_acc) else ""
 
 
 def _num(x: float) -> str:

@@ -175,7 +175,8 @@ class Runner:
         return ctx.state
 
     def _run_method(self, method: Method) -> None:
-        budgets = self.config.schedule.budgets()
+        extra = self.config.evaluation.random_extra_rounds if method.base == "random" else 0
+        budgets = self.config.schedule.budgets(extra)
         mstate = self.ctx.state.method(method.name)
         for r, target in enumerate(budgets):
             if r < len(mstate.rounds) and mstate.rounds[r].stage == "done":

@@ -34,7 +34,7 @@ class TrainingDiverged(RuntimeError):
 
 def _check_loss(loss: torch.Tensor, stage: str, epoch: int, lr_fields: str) -> None:
     if not bool(torch.isfinite(loss)):
-        raise TrainingDiverged(f"{stage} diverged in epoch {epoch + 1}: the loss is {float(loss)}; "
+        raise TrainingDiverged(f"{stage} diverged in epoch {epoch + 1}: the loss is {float(loss.detach())}; "
                                f"lower {lr_fields} in the [training] config")
 
 
