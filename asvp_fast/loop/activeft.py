@@ -54,6 +54,8 @@ from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
+from ..diversity import _labelled_indices
+
 try:  # torch is optional for the package, required here
     import torch
     import torch.nn.functional as F
@@ -277,27 +279,8 @@ def _labelled_rows(labeled: Any, n: int) -> np.ndarray:
     """Sorted int64 indices of the labelled rows, from an index array or a bool mask."""
     if labeled is None:
         return np.empty(0, dtype=np.int64)
-    if _is_tensor(labeled):
-        labeled = labeled.detach().cpu().numpy()
-    lab = np.asarray(labeled)
-    if lab.ndim != 1:
-        raise ValueError(f"labeled must be a 1-D index array or bool mask, got shape {lab.shape}")
-    if lab.dtype == np.bool_:
-        if lab.shape[0] != n:
-            raise ValueError(f"labeled mask has length {lab.shape[0]}, expected one entry per row ({n})")
-        return np.flatnonzero(lab).astype(np.int64)
-    if lab.size == 0:
-        return np.empty(0, dtype=np.int64)
-    if not np.issubdtype(lab.dtype, np.integer):
-        raise TypeError(f"labeled must hold integer row indices (or be a bool mask), got dtype {lab.dtype}")
-    lab = lab.astype(np.int64)
-    bad = lab[(lab < 0) | (lab >= n)]
-    if bad.size:
-        raise ValueError(f"labeled contains index {int(bad[0])}, outside [0, {n}) for features with {n} rows")
-    unique, counts = np.unique(lab, return_counts=True)
-    if unique.size != lab.size:
-        raise ValueError(f"labeled contains index {int(unique[counts > 1][0])} more than once")
-    return unique
+    # the same checks (and messages) as the diversity kernels' `labeled`
+    return np.sort(_labelled_indices(labeled, n))
 
 
 def _resolve_device(device: DeviceLike, features: Any) -> torch.device:

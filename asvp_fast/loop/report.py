@@ -147,34 +147,31 @@ def plot(summaries: List[MethodSummary], run_dir: Path) -> List[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    paths = []
+    paths = [_figure(plt, run_dir / "accuracy.png", "test accuracy (%)",
+                     [(s.name, s.labels, [100 * a for a in s.accuracy]) for s in summaries])]
+    with_eq = [s for s in summaries if s.equivalent is not None]
+    if with_eq:
+        top = max(max(s.labels) for s in with_eq)
+        paths.append(_figure(plt, run_dir / "equivalent_labels.png", "equivalent random labels",
+                             [(s.name, s.labels, s.equivalent or []) for s in with_eq], diagonal=top))
+    return paths
+
+
+def _figure(plt: Any, path: Path, ylabel: str, series: List[Any], diagonal: Optional[float] = None) -> Path:
+    """One line per (name, x, y) against the labelled samples; ``diagonal`` draws y = x up to it."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for s in summaries:
-        ax.plot(s.labels, [100 * a for a in s.accuracy], marker="o", label=s.name)
+    for name, x, y in series:
+        ax.plot(x, y, marker="o", label=name)
+    if diagonal is not None:
+        ax.plot([0, diagonal], [0, diagonal], color="grey", linestyle=":", label="no saving")
     ax.set_xlabel("labelled samples")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    paths.append(run_dir / "accuracy.png")
-    fig.savefig(paths[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    with_eq = [s for s in summaries if s.equivalent is not None]
-    if with_eq:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for s in with_eq:
-            ax.plot(s.labels, s.equivalent or [], marker="o", label=s.name)
-        top = max(max(s.labels) for s in with_eq)
-        ax.plot([0, top], [0, top], color="grey", linestyle=":", label="no saving")
-        ax.set_xlabel("labelled samples")
-        ax.set_ylabel("equivalent random labels")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        paths.append(run_dir / "equivalent_labels.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
-    return paths
+    return path
 
 
 def write_report(state: RunState, config: RunConfig, run_dir: Path, *, echo: Any = print) -> Dict[str, Any]:
