@@ -110,11 +110,12 @@ def markdown(summaries: List[MethodSummary], config: RunConfig, state: RunState)
                 cell += f" ({bound}{_num(s.equivalent[i])}, {bound}{_pct(s.ratio[i])})"
             cells.append(cell)
         lines.append(f"| {label_count} | " + " | ".join(cells) + " |")
-    lines += ["", "| method | average sample saving ratio | labels bought | selection time (s) | compute (h) | overall cost (USD) |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| method | average sample saving ratio | labels bought | selection time per round (s) | "
+              "compute (h) | overall cost (USD) |", "|---|---:|---:|---|---:|---:|"]
     for s in summaries:
         avg = "—" if s.average_ratio is None or s.name == "random" else _pct(s.average_ratio)
-        lines.append(f"| {s.name} | {avg} | {s.labels_bought} | {sum(s.select_s):.1f} | {s.compute_hours:.4f} | {s.cost:.2f} |")
+        per_round = " / ".join(f"{x:.1f}" for x in s.select_s[1:]) or "—"  # round 0 is the shared random set
+        lines.append(f"| {s.name} | {avg} | {s.labels_bought} | {per_round} | {s.compute_hours:.4f} | {s.cost:.2f} |")
     c = config.costs
     lines += ["", f"Overall cost = labels × {c.label_price} USD × {c.reviews} reviews + compute hours × {c.hourly_price} USD/h "
               "(defaults: see `asvp_fast.metrics`). Equivalent random labels come from the random curve; outside its "
