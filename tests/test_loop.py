@@ -352,6 +352,18 @@ def test_random_baseline_extends_past_the_budget(tmp_path):
         run(synthetic_config(evaluation={"random_extra_rounds": 20}), tmp_path / "big", echo=quiet)
 
 
+def test_activeft_pre_selects_each_budget_in_one_shot(tmp_path):
+    cfg = synthetic_config(methods=["random", "activeft-pre"])
+    state = run(cfg, tmp_path / "r", echo=quiet)
+    rounds = state.methods["activeft-pre"].rounds
+    assert [r.n_labels for r in rounds] == [20, 40, 60]
+    for r in rounds:
+        assert len(r.train_rows) == r.n_labels == len(set(r.train_rows))
+    bought = {x for r in rounds for x in r.new}
+    assert bought == set().union(*(set(r.train_rows) for r in rounds))  # each item bought once
+    assert rounds[0].train_rows != state.methods["random"].rounds[0].new  # not the random initial set
+
+
 def test_schedule_budgets_follow_the_paper():
     imagenet = parse_config({"data": {"case": "synthetic"}, "schedule": {
         "initial": 10000, "steps": [{"until": 100000, "step": 10000}, {"until": 400000, "step": 50000}]}})
