@@ -437,3 +437,51 @@ def test_work_files_never_leak_between_methods(tmp_path):
     names = sorted(p.name for p in (tmp_path / "r" / "work").iterdir())
     assert names == ["standard-features", "standard-lp-ft-features"]
     shutil.rmtree(tmp_path / "r")
+
+
+# -- the command line ----------------------------------------------------------------------------------
+SYN_TOML = """seed = 3
+methods = ["random", "svpp"]
+[data]
+case = "synthetic"
+pool_size = 300
+test_size = 120
+[schedule]
+initial = 20
+steps = [{ until = 40, step = 20 }]
+[training]
+epochs = 1
+"""
+
+
+def test_cli_run_resume_and_exit_codes(tmp_path, capsys, monkeypatch):
+    from asvp_fast.cli import main
+
+    cfg = tmp_path / "syn.toml"
+    cfg.write_text(SYN_TOML)
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "-o", str(out), "--no-progress"]) == 0
+    assert (out / "results.md").exists() and (out / "config.toml").read_text() == SYN_TOML
+    assert main(["run", str(cfg), "-o", str(out)]) == 2  # an existing run needs --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(["run", str(cfg), "-o", str(out), "--resume", "--no-progress"]) == 0
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SYN_TOML.replace("pool_size = 300", "pool_size = 30"))
+    assert main(["run", str(bad), "-o", str(tmp_path / "bad")]) == 2
+    assert "pool has only 30 items" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "state.json").exists()
+
+    labelled = tmp_path / "file.toml"
+    labelled.write_text(SYN_TOML + '[oracle]\nkind = "file"\n')
+    assert main(["run", str(labelled), "-o", str(tmp_path / "f")]) == 3
+    assert "fill in its 'label' column" in capsys.readouterr().err
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    import sys
+
+    monkeypatch.setattr(sys.modules["asvp_fast.loop.run"], "run", interrupted)
+    assert main(["run", str(cfg), "-o", str(tmp_path / "i")]) == 130
+    assert "--resume" in capsys.readouterr().err
