@@ -96,3 +96,17 @@ def test_imagenet_config_end_to_end_on_a_generated_image_folder(tmp_path):
         assert [r.n_labels for r in rounds] == [4, 8, 12]
     manifest = (tmp_path / "run" / "cache" / "pool.v0.manifest.json").read_text()
     assert '"dim": 2048' in manifest and '"dtype": "float16"' in manifest and "resnet50-" in manifest
+
+
+def test_fashion_mnist_config_on_a_tiny_subset(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    raw = packaged_config("fashion_mnist.toml")
+    raw["data"].update(pool_size=120, test_size=60, image_size=32)
+    raw["schedule"] = {"initial": 20, "steps": [{"until": 40, "step": 20}]}
+    raw["training"].update(epochs=1, batch_size=16)
+    raw["evaluation"]["random_extra_rounds"] = 1
+    state = run(parse_config(raw), tmp_path / "fm", echo=quiet)
+    assert [r.n_labels for r in state.methods["standard"].rounds] == [20, 40]
+    assert [r.n_labels for r in state.methods["random"].rounds] == [20, 40, 60]
+    manifest = (tmp_path / "fm" / "cache" / "pool.v0.manifest.json").read_text()
+    assert '"dim": 1280' in manifest and "efficientnet-lite0" in manifest
