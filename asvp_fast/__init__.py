@@ -18,8 +18,9 @@ from . import metrics
 from ._backends import backends
 from .diversity import badge, kcenter_greedy, kmeans_pp
 from .transfer.logme import logme
+from .transfer.ped import ped
 from .uncertainty import scores, select_uncertain
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "backends", "metrics", "badge", "kcenter_greedy", "kmeans_pp", "logme", "scores", "select_uncertain"]
+__all__ = ["__version__", "backends", "metrics", "badge", "kcenter_greedy", "kmeans_pp", "logme", "ped", "scores", "select_uncertain"]

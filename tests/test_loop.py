@@ -323,10 +323,47 @@ def test_diverging_training_is_reported(tmp_path):
     assert len(state["labels"]["rows"]) == 20  # the labels bought before training are kept
 
 
-def test_asvp_slot_is_reserved(tmp_path):
-    cfg = synthetic_config(methods=["random", "asvp"])
-    with pytest.raises(ConfigError, match="asvp"):
-        run(cfg, tmp_path / "r", echo=quiet)
+def test_asvp_trigger_rule():
+    from asvp_fast.loop.asvp import should_refresh
+
+    assert not should_refresh(1, None, 0.5, 1.0)  # PED converged in one step: no LogME, no refresh
+    assert not should_refresh(1, 0.6, 0.5, 1.0)
+    assert not should_refresh(3, 0.6, None, 1.0)  # no previous score yet
+    assert should_refresh(3, 0.6, 0.5, 1.0)  # LogME-PED stalled (|0.1| < 1)
+    assert not should_refresh(3, 2.0, 0.5, 1.0)  # still improving by more than the threshold
+    assert not should_refresh(3, -1.0, 0.5, 1.0)
+
+
+def test_asvp_forced_refresh_end_to_end_and_resume(tmp_path, monkeypatch):
+    cfg = synthetic_config(methods=["random", "asvp"], asvp={"force_refresh_round": 2, "threshold": 0.0},
+                           schedule={"initial": 20, "steps": [{"until": 80, "step": 20}]})
+    state = run(cfg, tmp_path / "a", echo=quiet)
+    rounds = state.methods["asvp"].rounds
+    infos = [r.info for r in rounds]
+    assert [i.get("refresh") for i in infos[1:]] == [False, True, False]
+    assert infos[2]["features_version"] == 1 and infos[2]["forced"]
+    assert all(i["ped_steps"] >= 1 for i in infos[1:])
+    cache = FeatureCache(tmp_path / "a" / "cache")
+    assert cache.versions("pool") == [0, 1]
+    assert "+ft@40" in cache.manifest("pool", 1).backbone_id
+    v0, v1 = np.asarray(cache.load("pool", 0)), np.asarray(cache.load("pool", 1))
+    assert not np.array_equal(v0, v1)  # the refreshed features come from the fine-tuned backbone
+    # resumed mid-way (after the refresh), the run continues on the refreshed features identically
+    calls = {"n": 0}
+    original = Runner._train_and_evaluate
+
+    def crashing(self, method, r, *, last):
+        calls["n"] += 1
+        if method.name == "asvp" and r == 3:
+            raise Crash("simulated crash")
+        return original(self, method, r, last=last)
+
+    monkeypatch.setattr(Runner, "_train_and_evaluate", crashing)
+    with pytest.raises(Crash):
+        run(cfg, tmp_path / "b", echo=quiet, report=False)
+    monkeypatch.setattr(Runner, "_train_and_evaluate", original)
+    resumed = run(cfg, tmp_path / "b", resume=True, echo=quiet, report=False)
+    assert outcome(resumed) == outcome(state)
 
 
 def test_yaml_and_toml_configs_load(tmp_path):

@@ -109,6 +109,14 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class AsvpConfig:
+    # Refresh when LogME-PED (asvp_fast.logme: mean over classes of log evidence / N, i.e. per
+    # sample) changes by less than this between consecutive rounds. The paper's value is 1.
+    threshold: float = 1.0
+    force_refresh_round: Optional[int] = None  # refresh at this round whatever the scores (tests, ablations)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig
     seed: int = 0
@@ -121,6 +129,7 @@ class RunConfig:
     oracle: OracleConfig = field(default_factory=OracleConfig)
     costs: CostConfig = field(default_factory=CostConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    asvp: AsvpConfig = field(default_factory=AsvpConfig)
     base_dir: str = "."  # where relative paths in the config are resolved (the config file's folder)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -188,7 +197,8 @@ def _parse_yaml(text: str, path: Path) -> Dict[str, Any]:
 
 def parse_config(raw: Mapping[str, Any], *, base_dir: str = ".") -> RunConfig:
     """Check a config given as nested dicts and build the :class:`RunConfig`."""
-    known = {"seed", "methods", "data", "cache", "schedule", "selection", "proxy", "training", "oracle", "costs", "evaluation"}
+    known = {"seed", "methods", "data", "cache", "schedule", "selection", "proxy", "training", "oracle", "costs", "evaluation",
+             "asvp"}
     _no_unknown(raw, known, "")
     if "data" not in raw:
         raise ConfigError("missing table [data] (at least data.case)")
@@ -212,7 +222,8 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: str = ".") -> RunConfig:
         data=data, seed=_int(raw.get("seed", 0), "seed"), methods=_methods(raw.get("methods", list(RunConfig.methods))),
         cache=cache, schedule=schedule, selection=selection, proxy=_table(ProxyConfig, raw.get("proxy", {}), "proxy"),
         training=training, oracle=oracle, costs=_table(CostConfig, raw.get("costs", {}), "costs"),
-        evaluation=_table(EvaluationConfig, raw.get("evaluation", {}), "evaluation"), base_dir=base_dir,
+        evaluation=_table(EvaluationConfig, raw.get("evaluation", {}), "evaluation"),
+        asvp=_table(AsvpConfig, raw.get("asvp", {}), "asvp"), base_dir=base_dir,
     )
     _check_positive(cfg)
     _check_paths(cfg)
