@@ -19,7 +19,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     run_p.add_argument("--output", "-o", help="run directory (default: runs/<config name>)")
     run_p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
     run_p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    demo_p = sub.add_parser("demo", help="random vs SVPp vs standard AL on built-in real data (WordNet + MiniLM)")
+    demo_p = sub.add_parser("demo", help="random vs SVPp vs standard AL vs ASVP on built-in real data (WordNet + MiniLM)")
     demo_p.add_argument("--output", "-o", default="asvp-fast-demo", help="run directory (default: ./asvp-fast-demo)")
     demo_p.add_argument("--fresh", action="store_true", help="start over instead of continuing an earlier demo run")
     demo_p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -113,7 +113,7 @@ def _demo(args: "argparse.Namespace") -> int:
 
         return parse_config(parse_toml(text, "the demo config"))
 
-    print(f"asvp-fast demo: random vs SVPp vs standard AL, margin sampling, WordNet noun glosses + all-MiniLM-L6-v2 "
+    print(f"asvp-fast demo: random vs SVPp vs standard AL vs ASVP, margin sampling, WordNet noun glosses + all-MiniLM-L6-v2 "
           f"(2 CPU cores: about 7 minutes); results in {out}/")
     return _run_loop(get_config, out, resume=(out / "state.json").exists(), progress=False if args.no_progress else None)
 

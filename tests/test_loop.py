@@ -334,6 +334,19 @@ def test_asvp_trigger_rule():
     assert not should_refresh(3, -1.0, 0.5, 1.0)
 
 
+def test_asvp_refreshes_when_logme_ped_stalls_and_at_most_max_refreshes(tmp_path):
+    cfg = synthetic_config(methods=["asvp"], asvp={"threshold": 1e9, "max_refreshes": 1},
+                           schedule={"initial": 20, "steps": [{"until": 100, "step": 20}]})
+    rounds = run(cfg, tmp_path / "r", echo=quiet, report=False).methods["asvp"].rounds
+    infos = [r.info for r in rounds]
+    # the first check that has a previous LogME-PED to compare with refreshes (threshold 1e9); then no more
+    refreshed = [i for i, info in enumerate(infos) if info.get("refresh")]
+    assert len(refreshed) == 1 and infos[refreshed[0]]["forced"] is False
+    first_score = min(i for i, info in enumerate(infos) if info.get("logme_ped") is not None)
+    assert refreshed[0] == first_score + 1
+    assert all(info["ped_steps"] == 0 for info in infos[refreshed[0] + 1 :])
+
+
 def test_asvp_forced_refresh_end_to_end_and_resume(tmp_path, monkeypatch):
     cfg = synthetic_config(methods=["random", "asvp"], asvp={"force_refresh_round": 2, "threshold": 0.0},
                            schedule={"initial": 20, "steps": [{"until": 80, "step": 20}]})
@@ -342,7 +355,8 @@ def test_asvp_forced_refresh_end_to_end_and_resume(tmp_path, monkeypatch):
     infos = [r.info for r in rounds]
     assert [i.get("refresh") for i in infos[1:]] == [False, True, False]
     assert infos[2]["features_version"] == 1 and infos[2]["forced"]
-    assert all(i["ped_steps"] >= 1 for i in infos[1:])
+    assert all(i["ped_steps"] >= 1 for i in infos[1:3])
+    assert infos[3]["ped_steps"] == 0 and infos[3]["logme_ped"] is None  # one refresh allowed: no more checks
     cache = FeatureCache(tmp_path / "a" / "cache")
     assert cache.versions("pool") == [0, 1]
     assert "+ft@40" in cache.manifest("pool", 1).backbone_id

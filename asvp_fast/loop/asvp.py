@@ -49,22 +49,22 @@ class ASVPMethod(SVPpMethod):
         self.mode_fixed = split_method(spec)[1]  # "asvp:ft" pins the training mode
 
     # -- what earlier rounds decided (kept in the state file) ----------------------------------
-    def _history(self) -> Tuple[int, Optional[float]]:
-        """(features version in use, LogME-PED of the last check since that version)."""
-        version, previous = 0, None
+    def _history(self) -> Tuple[int, Optional[float], int]:
+        """(features version in use, LogME-PED of the last check since that version, refreshes so far)."""
+        version, previous, refreshes = 0, None, 0
         for rec in self.ctx.state.method(self.name).rounds:
             info = rec.info or {}
             if info.get("refresh"):
-                version, previous = int(info["features_version"]), None
+                version, previous, refreshes = int(info["features_version"]), None, refreshes + 1
             elif info.get("logme_ped") is not None:
                 previous = float(info["logme_ped"])
-        return version, previous
+        return version, previous, refreshes
 
     @property
     def mode(self) -> str:  # type: ignore[override]
         if getattr(self, "mode_fixed", None):
             return self.mode_fixed  # type: ignore[return-value]
-        return "ft" if self._history()[0] > 0 else "lp-ft"
+        return "ft" if self._history()[2] > 0 else "lp-ft"
 
     @mode.setter
     def mode(self, value: str) -> None:
@@ -79,17 +79,18 @@ class ASVPMethod(SVPpMethod):
     def select(self, round_: int, labelled: np.ndarray, k: int) -> Tuple[np.ndarray, Dict[str, Any]]:
         ctx = self.ctx
         cfg = ctx.config.asvp
-        version, previous = self._history()
+        version, previous, refreshes = self._history()
         feats = self.features(version)
         labels = ctx.state.labels_of(labelled)
         start = time.perf_counter()
         order = np.argsort(labelled)  # sorted reads from the memmap
         steps, score = 0, None
-        if np.unique(labels).size >= 2:  # PED and LogME compare classes
+        if refreshes < cfg.max_refreshes and np.unique(labels).size >= 2:  # PED and LogME compare classes
             moved, steps = ped(np.asarray(feats[labelled[order]], dtype=np.float32), labels[order])
             score = logme(moved, labels[order]) if steps > 1 else None
         forced = cfg.force_refresh_round is not None and round_ == cfg.force_refresh_round
-        refresh = forced or should_refresh(steps, score, previous, cfg.threshold)
+        allowed = refreshes < cfg.max_refreshes
+        refresh = forced or (allowed and should_refresh(steps, score, previous, cfg.threshold))
         info: Dict[str, Any] = {"ped_steps": int(steps), "logme_ped": score, "refresh": bool(refresh),
                                 "check_s": round(time.perf_counter() - start, 3)}
         if refresh:

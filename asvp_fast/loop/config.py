@@ -114,6 +114,9 @@ class AsvpConfig:
     # sample) changes by less than this between consecutive rounds. The paper's value is 1.
     threshold: float = 1.0
     force_refresh_round: Optional[int] = None  # refresh at this round whatever the scores (tests, ablations)
+    # The paper updates the features once (its section 6.6 studies where); after the last allowed
+    # refresh the method goes on as SVPp on the refreshed features, training with FT.
+    max_refreshes: int = 1
 
 
 @dataclass(frozen=True)
@@ -332,6 +335,7 @@ def _check_positive(cfg: RunConfig) -> None:
         "costs.label_price": cfg.costs.label_price >= 0, "costs.reviews": cfg.costs.reviews >= 1,
         "costs.hourly_price": cfg.costs.hourly_price >= 0,
         "evaluation.random_extra_rounds": cfg.evaluation.random_extra_rounds >= 0,
+        "asvp.max_refreshes": cfg.asvp.max_refreshes >= 0,
     }
     for name, ok in checks.items():
         if not ok:
