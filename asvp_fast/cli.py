@@ -114,7 +114,7 @@ def _demo(args: "argparse.Namespace") -> int:
         return parse_config(parse_toml(text, "the demo config"))
 
     print(f"asvp-fast demo: random vs SVPp vs standard AL vs ASVP, margin sampling, WordNet noun glosses + all-MiniLM-L6-v2 "
-          f"(2 CPU cores: about 7 minutes); results in {out}/")
+          f"(2 CPU cores: about 8 minutes); results in {out}/")
     return _run_loop(get_config, out, resume=(out / "state.json").exists(), progress=False if args.no_progress else None)
 
 

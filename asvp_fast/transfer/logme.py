@@ -9,7 +9,8 @@ p(y_c | F, α, β) by MacKay's fixed-point iteration:
 where σ_i are the eigenvalues of FᵀF and m = β (αI + βFᵀF)⁻¹ Fᵀy the posterior mean. The
 iteration stops when α and β change by less than ``tol`` (relative) or after ``max_iter`` steps.
 Where the features interpolate a class's labels (N ≤ D) β grows without bound, and where they
-carry no information about it α does: the iteration then ends at ``max_iter`` with a finite score
+carry no information about it α does: both are kept within [1e-12, 1e12], and the iteration then
+ends at ``max_iter`` with a finite score
 (the authors' implementation stops after a fixed 11 updates for the same reason).
 LogME is the mean over classes of the maximised log evidence divided by N.
 
@@ -27,6 +28,7 @@ from typing import Any, Tuple
 import numpy as np
 
 _CHUNK_BYTES = 64 << 20
+_MIN_PRECISION, _MAX_PRECISION = 1e-12, 1e12
 
 
 def logme(features: Any, labels: Any, *, max_iter: int = 100, tol: float = 1e-6) -> float:
@@ -116,8 +118,10 @@ def _max_evidence(sigma: np.ndarray, proj: np.ndarray, ysq: np.ndarray, n: int, 
         denom = alpha + beta * s  # (D, C)
         gamma = (beta * s / denom).sum(axis=0)
         m_sq, residual = _posterior_terms(c2, s, denom, alpha, beta, ysq)
-        new_alpha = gamma / np.maximum(m_sq, 1e-300)
-        new_beta = (n - gamma) / np.maximum(residual, 1e-300)
+        # Bounded, so that a diverging α (uninformative features) or β (interpolated labels)
+        # stays finite; the evidence is flat out there anyway.
+        new_alpha = np.clip(gamma / np.maximum(m_sq, 1e-300), _MIN_PRECISION, _MAX_PRECISION)
+        new_beta = np.clip((n - gamma) / np.maximum(residual, 1e-300), _MIN_PRECISION, _MAX_PRECISION)
         done = (np.abs(new_alpha - alpha) <= tol * np.abs(alpha)) & (np.abs(new_beta - beta) <= tol * np.abs(beta))
         alpha, beta = new_alpha, new_beta
         if done.all():
