@@ -19,6 +19,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     run_p.add_argument("--output", "-o", help="run directory (default: runs/<config name>)")
     run_p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
     run_p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    study_p = sub.add_parser("study", help="one run per seed, then mean ± std across seeds (resumable)")
+    study_p.add_argument("config", help="the run configuration (.toml, .yaml); its seed is replaced by each of --seeds")
+    study_p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    study_p.add_argument("--output", "-o", help="study directory, one run per seed in it (default: runs/<config name>-study)")
+    study_p.add_argument("--title", default="", help="title of the accuracy plot")
+    study_p.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo_p = sub.add_parser("demo", help="random vs SVPp vs standard AL vs ASVP on built-in real data (WordNet + MiniLM)")
     demo_p.add_argument("--output", "-o", default="asvp-fast-demo", help="run directory (default: ./asvp-fast-demo)")
     demo_p.add_argument("--fresh", action="store_true", help="start over instead of continuing an earlier demo run")
@@ -46,6 +52,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         output = Path(args.output) if args.output else Path("runs") / config.stem
         return _run_loop(lambda: _load(config), output, resume=args.resume, progress=False if args.no_progress else None,
                          source=config)
+    if args.command == "study":
+        from pathlib import Path
+
+        config = Path(args.config)
+        output = Path(args.output) if args.output else Path("runs") / f"{config.stem}-study"
+        command = "asvp-fast " + " ".join(argv)
+        return _run_loop(lambda: _load(config), output, resume=True, progress=False if args.no_progress else None,
+                         source=config, seeds=args.seeds, command=command, title=args.title)
     if args.command == "demo":
         return _demo(args)
     parser.print_help()
@@ -59,8 +73,9 @@ def _load(path: "object") -> "object":
 
 
 def _run_loop(get_config: "object", output: "object", *, resume: bool, progress: Optional[bool],
-              source: "object" = None) -> int:
-    """Run the loop with the CLI's error handling: messages, not tracebacks, for the user's mistakes."""
+              source: "object" = None, seeds: Optional[List[int]] = None, command: str = "", title: str = "") -> int:
+    """Run the loop (one run, or one per seed with ``seeds``) with the CLI's error handling:
+    messages, not tracebacks, for the user's mistakes."""
     import shutil
     import time
     from pathlib import Path
@@ -83,7 +98,14 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
         if source is not None and not (out / "state.json").exists():
             out.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(str(source), out / ("config" + Path(str(source)).suffix))
-        run(config, out, resume=resume, progress=progress)
+        if seeds is None:
+            run(config, out, resume=resume, progress=progress)
+        else:
+            from .loop import study
+
+            states = study.run_seeds(config, seeds, out, progress=progress)  # type: ignore[arg-type]
+            written = study.write_summary(study.collect(config, states), config, out, command=command, title=title)  # type: ignore[arg-type]
+            print(written["markdown"])
     except LabelsPending as exc:
         print(f"asvp-fast: {exc}", file=sys.stderr)
         return 3
@@ -94,6 +116,11 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
         print(f"\nasvp-fast: interrupted; everything acquired so far is saved in {out}. "
               "Continue with the same command and --resume.", file=sys.stderr)
         return 130
+    except ValueError as exc:  # run_seeds' argument checks
+        if seeds is None:
+            raise
+        print(f"asvp-fast: {exc}", file=sys.stderr)
+        return 2
     print(f"run directory: {out} (wall time {time.perf_counter() - start:.0f} s)")
     return 0
 

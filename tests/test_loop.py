@@ -347,6 +347,27 @@ def test_asvp_refreshes_when_logme_ped_stalls_and_at_most_max_refreshes(tmp_path
     assert all(info["ped_steps"] == 0 for info in infos[refreshed[0] + 1 :])
 
 
+def test_asvp_ablation_variants_switch_training_and_refresh_as_named(tmp_path):
+    """asvp: refresh + LP-FT→FT; asvp:ft: refresh, FT throughout; asvp:no-refresh: LP-FT→FT only."""
+    cfg = synthetic_config(methods=["random", "asvp", "asvp:ft", "asvp:no-refresh"],
+                           asvp={"force_refresh_round": 2, "threshold": 0.0},
+                           schedule={"initial": 20, "steps": [{"until": 80, "step": 20}]})
+    state = run(cfg, tmp_path / "a", echo=quiet, report=False)
+    modes = {name: [r.info["mode"] for r in state.methods[name].rounds] for name in cfg.methods[1:]}
+    assert modes == {"asvp": ["lp-ft", "lp-ft", "ft", "ft"], "asvp:ft": ["ft"] * 4,
+                     "asvp:no-refresh": ["lp-ft", "lp-ft", "ft", "ft"]}
+    for name in cfg.methods[1:]:
+        infos = [r.info for r in state.methods[name].rounds]
+        assert [i.get("refresh") for i in infos[1:]] == [False, True, False]
+    no_refresh = [r.info for r in state.methods["asvp:no-refresh"].rounds]
+    assert no_refresh[2]["features_version"] == 0 and no_refresh[2]["refresh_s"] == 0.0
+    assert [r.info["features_version"] for r in state.methods["asvp"].rounds[2:3]] == [1]
+    # the pre-trained cache plus one refreshed version per refreshing variant (asvp, asvp:ft)
+    assert FeatureCache(tmp_path / "a" / "cache").versions("pool") == [0, 1, 2]
+    # until the trigger, no-refresh selects exactly like asvp (same features, same seeds but its name)
+    assert state.methods["asvp:no-refresh"].rounds[0].new == state.methods["asvp"].rounds[0].new
+
+
 def test_asvp_forced_refresh_end_to_end_and_resume(tmp_path, monkeypatch):
     cfg = synthetic_config(methods=["random", "asvp"], asvp={"force_refresh_round": 2, "threshold": 0.0},
                            schedule={"initial": 20, "steps": [{"until": 80, "step": 20}]})
@@ -536,3 +557,66 @@ def test_cli_run_resume_and_exit_codes(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys.modules["asvp_fast.loop.run"], "run", interrupted)
     assert main(["run", str(cfg), "-o", str(tmp_path / "i")]) == 130
     assert "--resume" in capsys.readouterr().err
+
+
+def test_study_runs_each_seed_and_aggregates_mean_and_std(tmp_path):
+    from asvp_fast.loop import study
+    from asvp_fast.loop.report import summarise
+
+    cfg = synthetic_config(methods=["random", "svpp", "asvp:no-refresh", "activeft-pre"],
+                           asvp={"force_refresh_round": 1, "threshold": 0.0}, evaluation={"random_extra_rounds": 1})
+    states = study.run_seeds(cfg, [0, 5], tmp_path / "s", echo=quiet)
+    assert sorted(states) == [0, 5] and (tmp_path / "s" / "seed5" / "state.json").exists()
+    # the seed reaches the run: different initial sets
+    assert states[0].methods["svpp"].rounds[0].new != states[5].methods["svpp"].rounds[0].new
+    studies = {s.name: s for s in study.collect(cfg, states)}
+    for name in cfg.methods:
+        per_seed = [next(x for x in summarise(states[seed], cfg) if x.name == name) for seed in (0, 5)]
+        st = studies[name]
+        assert st.final_accuracy == [p.accuracy[2] for p in per_seed]  # at the budget, not random's extra round
+        if name != "random":
+            ratios = [p.average_ratio for p in per_seed]
+            mean, std = study.MethodStudy.mean_std(st.average_ratio)
+            assert mean == pytest.approx(np.mean(ratios)) and std == pytest.approx(np.std(ratios, ddof=1))
+    assert studies["asvp:no-refresh"].triggers == [20, 20]  # forced before round 1, with the 20 initial labels
+    assert studies["svpp"].triggers == [None, None]
+    # one-shot ActiveFT(pre) pays for its final budget only
+    assert all(p.labels_bought == 60 for p in summarise(states[0], cfg) if p.name == "activeft-pre")
+    out = study.write_summary(list(studies.values()), cfg, tmp_path / "s", command="asvp-fast study x")
+    text = (tmp_path / "s" / "summary.md").read_text()
+    assert "| asvp:no-refresh |" in text and "20, 20" in text and "asvp-fast study x" in text
+    saved = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert saved["svpp"]["average_ratio_mean"] == pytest.approx(np.mean(studies["svpp"].average_ratio))
+    assert out["plot"] is None or out["plot"].exists()
+    # a second call resumes the finished runs: nothing is recomputed
+    before = (tmp_path / "s" / "seed0" / "state.json").read_text()
+    again = study.run_seeds(cfg, [0, 5], tmp_path / "s", echo=quiet)
+    assert outcome(again[0]) == outcome(states[0])
+    assert json.loads((tmp_path / "s" / "seed0" / "state.json").read_text())["labels"] == json.loads(before)["labels"]
+
+
+def test_study_mean_std_and_seed_errors(tmp_path):
+    from asvp_fast.loop import study
+
+    assert study.MethodStudy.mean_std([0.1, 0.3]) == pytest.approx((0.2, np.std([0.1, 0.3], ddof=1)))
+    assert study.MethodStudy.mean_std([0.4]) == (0.4, 0.0)
+    mean, std = study.MethodStudy.mean_std([float("nan")])
+    assert np.isnan(mean) and np.isnan(std)
+    with pytest.raises(ValueError, match="repeat"):
+        study.run_seeds(synthetic_config(), [1, 1], tmp_path / "x", echo=quiet)
+    with pytest.raises(ValueError, match="at least one"):
+        study.run_seeds(synthetic_config(), [], tmp_path / "x", echo=quiet)
+
+
+def test_cli_study_writes_summary(tmp_path, capsys):
+    from asvp_fast.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text('methods = ["random", "svpp"]\n[data]\ncase = "synthetic"\npool_size = 200\ntest_size = 80\n'
+                      '[schedule]\ninitial = 20\nsteps = [{ until = 40, step = 20 }]\n[training]\nepochs = 1\n'
+                      '[proxy]\nepochs = 5\n[evaluation]\nrandom_extra_rounds = 1\n')
+    assert main(["study", str(config), "--seeds", "1", "2", "-o", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "| svpp |" in capsys.readouterr().out
+    assert {"summary.md", "summary.json", "seed1", "seed2"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert main(["study", str(config), "--seeds", "3", "3", "-o", str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert "repeat" in capsys.readouterr().err

@@ -12,6 +12,15 @@ method asks whether the cached features still serve:
 
 The target model is trained with LP-FT while no refresh has happened and with FT after one. Every
 decision is stored in the round's ``info``, so a resumed run continues with the same features.
+
+Variants, for the paper's ablation (its table 3: feature alignment × training alignment):
+
+* ``asvp`` – both: the refresh, and LP-FT → FT at the trigger;
+* ``asvp:ft`` – feature alignment only: the refresh, the target model always trained with FT;
+* ``asvp:no-refresh`` – training alignment only: the trigger switches LP-FT → FT, but selection
+  stays on the pre-trained features (nothing is fine-tuned or re-extracted for it).
+
+SVPp (``svpp``, FT throughout) is the cell with neither.
 """
 
 from __future__ import annotations
@@ -33,6 +42,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .run import RunContext
 
 
+# The method-spec suffix of the training-alignment-only variant (see the module docstring).
+NO_REFRESH = "no-refresh"
+
+
 def should_refresh(ped_steps: int, score: Optional[float], previous: Optional[float], threshold: float) -> bool:
     """The paper's rule: refresh when PED needed more than one step and LogME-PED moved by less
     than ``threshold`` since the previous check (no previous score: no refresh yet)."""
@@ -45,17 +58,24 @@ class ASVPMethod(SVPpMethod):
     """SVPp plus the LogME-PED-triggered feature refresh and the LP-FT → FT switch."""
 
     def __init__(self, spec: str, ctx: "RunContext") -> None:
-        super().__init__(spec, ctx)
-        self.mode_fixed = split_method(spec)[1]  # "asvp:ft" pins the training mode
+        suffix = split_method(spec)[1]
+        super().__init__(spec.replace(":" + NO_REFRESH, ""), ctx)
+        self.name, self.slug = spec, spec.replace(":", "-")
+        self.refresh_features = suffix != NO_REFRESH
+        self.mode_fixed = None if suffix == NO_REFRESH else suffix  # "asvp:ft" pins the training mode
 
     # -- what earlier rounds decided (kept in the state file) ----------------------------------
     def _history(self) -> Tuple[int, Optional[float], int]:
-        """(features version in use, LogME-PED of the last check since that version, refreshes so far)."""
+        """(features version in use, LogME-PED of the last check since that version, triggers so far).
+
+        ``refresh`` in a round's info records that the trigger fired; ``features_version`` the
+        features selected on from then on (unchanged for ``asvp:no-refresh``)."""
         version, previous, refreshes = 0, None, 0
         for rec in self.ctx.state.method(self.name).rounds:
             info = rec.info or {}
             if info.get("refresh"):
-                version, previous, refreshes = int(info["features_version"]), None, refreshes + 1
+                version, previous = int(info.get("features_version", version)), None
+                refreshes += 1
             elif info.get("logme_ped") is not None:
                 previous = float(info["logme_ped"])
         return version, previous, refreshes
@@ -93,7 +113,9 @@ class ASVPMethod(SVPpMethod):
         refresh = forced or (allowed and should_refresh(steps, score, previous, cfg.threshold))
         info: Dict[str, Any] = {"ped_steps": int(steps), "logme_ped": score, "refresh": bool(refresh),
                                 "check_s": round(time.perf_counter() - start, 3)}
-        if refresh:
+        if refresh and not self.refresh_features:
+            info.update(features_version=version, forced=bool(forced), refresh_s=0.0)
+        elif refresh:
             start = time.perf_counter()
             model = ctx.train(labelled, "ft")
             version = max(FeatureCache(ctx.run_dir / "cache").versions("pool") + [version]) + 1

@@ -3,7 +3,8 @@
 A config has these tables (every field but ``data.case`` has a default)::
 
     seed = 0
-    methods = ["random", "svpp", "standard"]   # also "standard:lp-ft", "svpp:lp-ft", "activeft-pre"
+    methods = ["random", "svpp", "standard"]   # also "standard:lp-ft", "svpp:lp-ft", "activeft-pre",
+                                               # "asvp", "asvp:ft", "asvp:no-refresh"
 
     [data]        case = "wordnet-nouns" | "fashion-mnist" | "imagefolder" | "synthetic"
                   pool_size, test_size (built-ins); train_dir, test_dir, checkpoint, image_size (imagefolder)
@@ -240,6 +241,8 @@ def _methods(value: Any) -> Tuple[str, ...]:
         name, mode = split_method(spec)
         if name not in BASE_METHODS:
             raise ConfigError(f"methods[{i}]: unknown method {name!r}; choose from {list(BASE_METHODS)}")
+        if spec == "asvp:no-refresh":  # ASVP's training alignment without the feature refresh
+            continue
         if mode is not None and mode not in TRAINING_MODES:
             raise ConfigError(f"methods[{i}]: unknown training mode {mode!r} in {spec!r}; choose from {list(TRAINING_MODES)}")
     if len(set(value)) != len(value):

@@ -57,7 +57,11 @@ def summarise(state: RunState, config: RunConfig) -> List[MethodSummary]:
             avg = float(metrics.average_sample_saving_ratio(np.array(labels, float), np.array(acc), *random_curve))
         # costs at the AL budget: the random baseline's extra rounds only serve the comparison
         costed = m.rounds[: len(config.schedule.budgets())]
-        bought = len({x for r in costed for x in r.new})
+        if costed and costed[-1].train_rows is not None:
+            # one-shot methods (ActiveFT(pre)) select each budget afresh: a user buys only the last one
+            bought = len(costed[-1].train_rows)
+        else:
+            bought = len({x for r in costed for x in r.new})
         hours = _compute_seconds(name, costed, state) / 3600.0
         cost = float(metrics.overall_cost(bought, config.costs.label_price, hours, config.costs.hourly_price,
                                           reviews=config.costs.reviews))

@@ -219,6 +219,7 @@ class Runner:
             state.save(self.state_path)
             return
         rows = state.method(method.name).train_rows(r + 1)
+        rec.info["mode"] = method.mode  # FT or LP-FT (ASVP switches at its trigger)
         key = self._memo_key(rows, method.mode)
         if key in state.memo and not method.trains_every_round:
             hit = state.memo[key]

@@ -1,0 +1,212 @@
+"""Multi-seed studies: one configured run per seed, then the mean ± std across seeds.
+
+``asvp-fast study CONFIG --seeds 0 1 2 -o DIR`` runs ``CONFIG`` once per seed in ``DIR/seed<S>``
+(each an ordinary, resumable run: rerunning the command continues where it stopped) and writes
+
+* ``DIR/summary.md`` – per method: average sample saving ratio (mean ± sample std over seeds),
+  final accuracy, selection time per round, compute hours, overall cost, and for ASVP variants
+  where the LogME-PED trigger fired;
+* ``DIR/summary.json`` – the same numbers and every seed's values;
+* ``DIR/accuracy.png`` – accuracy against labels, mean with a ±1 std band.
+
+The seed changes the initial random set, every training's seed and the selection seeds; the
+data split (``data.seed``) stays the same, so the seeds measure the variance of the AL procedure
+on one dataset, as the paper's repeated runs do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .cache import atomic_write_text
+from .config import RunConfig
+from .report import MethodSummary, summarise
+from .run import run
+from .state import RunState
+
+
+@dataclass
+class MethodStudy:
+    """One method across seeds (``per_seed`` keeps each seed's run summary)."""
+
+    name: str
+    seeds: List[int]
+    average_ratio: List[float]  # one per seed (NaN where a seed has no random curve)
+    final_accuracy: List[float]
+    select_s_per_round: List[float]  # mean over rounds > 0, per seed
+    compute_hours: List[float]
+    cost: List[float]
+    labels: List[int]  # the budgets (the same for every seed)
+    accuracy: List[List[float]]  # [seed][round]
+    triggers: List[Optional[int]]  # labels at which the ASVP trigger fired, per seed (None: never / not ASVP)
+
+    @staticmethod
+    def mean_std(values: Sequence[float]) -> "tuple[float, float]":
+        """Mean and sample standard deviation (ddof=1; 0 for a single seed), NaNs ignored."""
+        arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+        if arr.size == 0:
+            return math.nan, math.nan
+        return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def seed_dir(out_dir: Path, seed: int) -> Path:
+    return Path(out_dir) / f"seed{seed}"
+
+
+def run_seeds(config: RunConfig, seeds: Sequence[int], out_dir: "Path | str", *, progress: Optional[bool] = None,
+              echo: Callable[..., Any] = print) -> Dict[int, RunState]:
+    """Run ``config`` once per seed (resuming runs already started); returns the final states."""
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat a value: {list(seeds)}")
+    out = Path(out_dir)
+    states = {}
+    for seed in seeds:
+        cfg = dataclasses.replace(config, seed=int(seed))
+        where = seed_dir(out, seed)
+        echo(f"== seed {seed}: {where}")
+        states[int(seed)] = run(cfg, where, resume=(where / "state.json").exists(), progress=progress, echo=echo)
+    return states
+
+
+def collect(config: RunConfig, states: Dict[int, RunState]) -> List[MethodStudy]:
+    """Per-method results across the seeds' final states."""
+    per_seed = {seed: {s.name: s for s in summarise(state, dataclasses.replace(config, seed=seed))}
+                for seed, state in states.items()}
+    out = []
+    for name in config.methods:
+        rows = [(seed, per_seed[seed].get(name)) for seed in sorted(per_seed)]
+        runs = [(seed, s) for seed, s in rows if s is not None and s.accuracy]
+        if not runs:
+            continue
+        budgets = len(config.schedule.budgets())
+        out.append(MethodStudy(
+            name=name,
+            seeds=[seed for seed, _ in runs],
+            average_ratio=[math.nan if s.average_ratio is None else s.average_ratio for _, s in runs],
+            final_accuracy=[s.accuracy[min(budgets, len(s.accuracy)) - 1] for _, s in runs],
+            select_s_per_round=[_mean_select(s) for _, s in runs],
+            compute_hours=[s.compute_hours for _, s in runs],
+            cost=[s.cost for _, s in runs],
+            labels=runs[0][1].labels,
+            accuracy=[s.accuracy for _, s in runs],
+            triggers=[_trigger(states[seed], name) for seed, _ in runs],
+        ))
+    return out
+
+
+def _mean_select(s: MethodSummary) -> float:
+    later = s.select_s[1:]
+    return float(np.mean(later)) if later else 0.0
+
+
+def _trigger(state: RunState, name: str) -> Optional[int]:
+    """Labels in hand when the ASVP trigger fired (the refresh uses them), or None."""
+    m = state.methods.get(name)
+    if m is None:
+        return None
+    for r in m.rounds:
+        if (r.info or {}).get("refresh"):
+            return int(r.n_labels - len(r.new))
+    return None
+
+
+# -- output ----------------------------------------------------------------------------------------
+def _pm(mean: float, std: float, *, pct: bool = False, digits: int = 1) -> str:
+    if math.isnan(mean):
+        return "—"
+    scale = 100.0 if pct else 1.0
+    sign = "+" if pct and mean >= 0 else ""
+    return f"{sign}{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" + ("%" if pct else "")
+
+
+def markdown(studies: List[MethodStudy], config: RunConfig, *, command: str = "") -> str:
+    seeds = sorted({s for st in studies for s in st.seeds})
+    lines = []
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines += [f"Seeds {', '.join(map(str, seeds))}; budgets {', '.join(map(str, config.schedule.budgets()))}; "
+              f"strategy `{config.selection.strategy}`. Mean ± sample std over seeds.", "",
+              "| method | average sample saving ratio | final accuracy | selection time per round (s) | compute (h) | overall cost (USD) | trigger fired at (labels, per seed) |",
+              "|---|---:|---:|---:|---:|---:|---|"]
+    for st in studies:
+        trig = "" if st.name.split(":")[0] != "asvp" else ", ".join("—" if t is None else str(t) for t in st.triggers)
+        ratio = "—" if st.name == "random" else _pm(*MethodStudy.mean_std(st.average_ratio), pct=True)
+        lines.append(f"| {st.name} | {ratio} | {_pm(*MethodStudy.mean_std(st.final_accuracy), pct=True).lstrip('+')} | "
+                     f"{_pm(*MethodStudy.mean_std(st.select_s_per_round), digits=2)} | "
+                     f"{_pm(*MethodStudy.mean_std(st.compute_hours), digits=4)} | {_pm(*MethodStudy.mean_std(st.cost), digits=2)} | {trig} |")
+    lines += ["", "Accuracy per budget (mean over seeds):", "",
+              "| labels | " + " | ".join(st.name for st in studies) + " |",
+              "|---:|" + "---:|" * len(studies)]
+    all_labels = sorted({n for st in studies for n in st.labels})
+    for n in all_labels:
+        cells = []
+        for st in studies:
+            if n in st.labels:
+                i = st.labels.index(n)
+                vals = [acc[i] for acc in st.accuracy if i < len(acc)]
+                cells.append(f"{100 * float(np.mean(vals)):.1f}%")
+            else:
+                cells.append("")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(studies: List[MethodStudy]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for st in studies:
+        d = dataclasses.asdict(st)
+        for key in ("average_ratio", "final_accuracy", "select_s_per_round", "compute_hours", "cost"):
+            mean, std = MethodStudy.mean_std(getattr(st, key))
+            d[key + "_mean"], d[key + "_std"] = mean, std
+        out[st.name] = d
+    return json.loads(json.dumps(out, default=float).replace("NaN", "null"))
+
+
+def plot(studies: List[MethodStudy], path: Path, title: str = "") -> Optional[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - the plot is optional
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for st in studies:
+        n = min(len(a) for a in st.accuracy)
+        acc = 100 * np.array([a[:n] for a in st.accuracy])
+        x = np.array(st.labels[:n])
+        mean = acc.mean(axis=0)
+        line, = ax.plot(x, mean, marker="o", ms=3, label=st.name, ls="--" if st.name == "random" else "-")
+        if acc.shape[0] > 1:
+            std = acc.std(axis=0, ddof=1)
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("labels")
+    ax.set_ylabel("test accuracy (%)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_summary(studies: List[MethodStudy], config: RunConfig, out_dir: "Path | str", *, command: str = "",
+                  title: str = "") -> Dict[str, Any]:
+    out = Path(out_dir)
+    text = markdown(studies, config, command=command)
+    atomic_write_text(out / "summary.md", text)
+    atomic_write_text(out / "summary.json", json.dumps(to_json(studies), indent=1))
+    png = plot(studies, out / "accuracy.png", title=title)
+    return {"markdown": text, "plot": png}
