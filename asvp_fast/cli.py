@@ -104,7 +104,8 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
             from .loop import study
 
             states = study.run_seeds(config, seeds, out, progress=progress)  # type: ignore[arg-type]
-            written = study.write_summary(study.collect(config, states), config, out, command=command, title=title)  # type: ignore[arg-type]
+            written = study.write_summary(study.collect(config, states), config, out, command=command, title=title,  # type: ignore[arg-type]
+                                          traces=study.traces(config, states, out))  # type: ignore[arg-type]
             print(written["markdown"])
     except LabelsPending as exc:
         print(f"asvp-fast: {exc}", file=sys.stderr)

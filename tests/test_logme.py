@@ -111,3 +111,71 @@ def test_errors_name_the_problem(rng):
         af.logme(f[:, 0], np.arange(10) % 2)
     with pytest.raises(TypeError, match="integers"):
         af.logme(f, np.linspace(0, 1, 10))
+
+
+def _evidence_by_path(f, y, by_rows, iters=10):
+    from asvp_fast.transfer import logme as lm
+
+    classes, inverse = np.unique(y, return_inverse=True)
+    sigma, proj, ysq = lm._spectral_terms(f, inverse, classes.size, by_rows=by_rows)
+    return float(np.mean(lm._max_evidence(sigma, proj, ysq, f.shape[0], f.shape[1], max_iter=iters, tol=0.0)) / f.shape[0])
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(3, 30), extra=st.integers(1, 40), c=st.integers(2, 4), seed=st.integers(0, 2**31 - 1))
+def test_fewer_samples_than_dimensions_path_matches_the_gram_path_and_reference(n, extra, c, seed):
+    rng = np.random.default_rng(seed)
+    d = n + extra
+    y = rng.integers(0, c, size=n)
+    y[:2] = [0, 1]
+    f = rng.normal(size=(n, d)) + np.eye(c, d)[y]
+    by_rows, by_gram = _evidence_by_path(f, y, True), _evidence_by_path(f, y, False)
+    assert by_rows == pytest.approx(by_gram, rel=1e-7, abs=1e-9)
+    assert by_rows == pytest.approx(reference_logme(f, y, 10), rel=1e-7, abs=1e-9)
+    assert af.logme(f, y, max_iter=10, tol=0.0) == pytest.approx(by_rows, rel=1e-12)  # N < D picks the row path
+
+
+def test_torch_tensors_give_the_numpy_result(rng):
+    torch = pytest.importorskip("torch")
+    for n, d in ((500, 24), (40, 96)):  # the Gram path and the N < D path
+        y = rng.integers(0, 5, n)
+        f = (rng.normal(size=(n, d)) + np.eye(5, d)[y]).astype(np.float32)
+        expected = af.logme(f, y)
+        assert af.logme(torch.from_numpy(f), torch.from_numpy(y)) == pytest.approx(expected, rel=1e-9)
+        assert af.logme(f, y, device="cpu") == expected
+        half = torch.from_numpy(f).to(torch.bfloat16)
+        assert af.logme(half, y) == pytest.approx(af.logme(half.float().numpy(), y), rel=1e-9)
+    bad = torch.from_numpy(f.copy())
+    bad[17, 3] = float("nan")
+    with pytest.raises(ValueError, match="row 17"):
+        af.logme(bad, y)
+    with pytest.raises(ValueError, match="device"):
+        af.logme(f, y, device="tpu")
+    with pytest.raises(TypeError, match="floating"):
+        af.logme(torch.ones((4, 2), dtype=torch.int64), np.array([0, 1, 0, 1]))
+
+
+def test_torch_path_streams_chunks(rng, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from asvp_fast.transfer import logme as lm
+
+    y = rng.integers(0, 3, 3000)
+    f = rng.normal(size=(3000, 8)) + np.eye(3, 8)[y]
+    expected = af.logme(f, y)
+    monkeypatch.setattr(lm, "_CHUNK_BYTES", 8 * 8 * 700)  # 700-row chunks, the last one partial
+    assert af.logme(torch.from_numpy(f), y) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(rng, tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    for n, d in ((4000, 64), (50, 200)):
+        y = rng.integers(0, 10, n)
+        f = (rng.normal(size=(n, d)) + np.eye(10, d)[y]).astype(np.float32)
+        expected = af.logme(f, y)
+        assert af.logme(torch.from_numpy(f).cuda(), y) == pytest.approx(expected, rel=1e-8)
+        mm = np.lib.format.open_memmap(tmp_path / f"f{n}.npy", mode="w+", dtype=np.float32, shape=f.shape)
+        mm[:] = f
+        assert af.logme(mm, y, device="cuda") == pytest.approx(expected, rel=1e-8)

@@ -620,3 +620,35 @@ def test_cli_study_writes_summary(tmp_path, capsys):
     assert {"summary.md", "summary.json", "seed1", "seed2"} <= {p.name for p in (tmp_path / "out").iterdir()}
     assert main(["study", str(config), "--seeds", "3", "3", "-o", str(tmp_path / "bad"), "--no-progress"]) == 2
     assert "repeat" in capsys.readouterr().err
+
+
+def test_threshold_units_on_constructed_traces():
+    from asvp_fast.loop.study import TracePoint, fires_at
+
+    trace = [TracePoint(100, 1, None), TracePoint(200, 4, 0.40), TracePoint(300, 5, 0.45), TracePoint(400, 5, 0.451)]
+    assert fires_at(trace) == 300  # per sample: |0.45 - 0.40| < 1 at the first comparison
+    # total evidence: 80 → 135 (Δ 55), → 180.4 (Δ 45.4): never below 1
+    assert fires_at(trace, unit="total") is None
+    assert fires_at(trace, 50.0, unit="total") == 400
+    assert fires_at([TracePoint(100, 3, 0.1), TracePoint(200, 1, None), TracePoint(300, 3, 0.2)]) == 300  # skips PED-converged rounds
+    assert fires_at([TracePoint(100, 3, 0.1), TracePoint(200, 3, 5.0)]) is None
+    with pytest.raises(ValueError, match="unit"):
+        fires_at(trace, unit="nats")
+
+
+def test_logme_ped_trace_follows_the_labelled_sets(tmp_path):
+    from asvp_fast import logme, ped
+    from asvp_fast.loop import study
+
+    cfg = synthetic_config(methods=["random", "svpp"])
+    states = study.run_seeds(cfg, [2], tmp_path / "s", echo=quiet)
+    trace = study.traces(cfg, states, tmp_path / "s")[2]
+    state = states[2]
+    assert [p.labels for p in trace] == [20, 40, 60]
+    feats = FeatureCache(tmp_path / "s" / "seed2" / "cache").load("pool", 0)
+    rows = np.sort(np.concatenate([r.new for r in state.methods["svpp"].rounds[:2]]))
+    moved, steps = ped(np.asarray(feats[rows], np.float32), state.labels_of(rows))
+    assert trace[1].ped_steps == steps
+    assert trace[1].logme_ped == (pytest.approx(logme(moved, state.labels_of(rows))) if steps > 1 else None)
+    text = study.trace_markdown({2: trace})
+    assert "| 40 |" in text and "total-evidence units" in text

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..transfer.logme import logme
 from ..transfer.ped import ped
-from .cache import FeatureCache
+from .cache import FeatureCache, resolve_device
 from .config import split_method
 from .pipelines import SVPpMethod, derive_seed, register_method
 from .proxy import train_proxy
@@ -107,7 +107,9 @@ class ASVPMethod(SVPpMethod):
         steps, score = 0, None
         if refreshes < cfg.max_refreshes and np.unique(labels).size >= 2:  # PED and LogME compare classes
             moved, steps = ped(np.asarray(feats[labelled[order]], dtype=np.float32), labels[order])
-            score = logme(moved, labels[order]) if steps > 1 else None
+            # LogME's Gram matrix is O(N·D²): on the proxy's GPU when there is one
+            device = str(resolve_device(ctx.config.proxy.device))
+            score = logme(moved, labels[order], device=device if device.startswith("cuda") else None) if steps > 1 else None
         forced = cfg.force_refresh_round is not None and round_ == cfg.force_refresh_round
         allowed = refreshes < cfg.max_refreshes
         refresh = forced or (allowed and should_refresh(steps, score, previous, cfg.threshold))

@@ -7,7 +7,11 @@
   final accuracy, selection time per round, compute hours, overall cost, and for ASVP variants
   where the LogME-PED trigger fired;
 * ``DIR/summary.json`` – the same numbers and every seed's values;
-* ``DIR/accuracy.png`` – accuracy against labels, mean with a ±1 std band.
+* ``DIR/accuracy.png`` – accuracy against labels, mean with a ±1 std band;
+* with ``svpp`` in the config, the LogME-PED trace along SVPp's labelled sets on the pre-trained
+  features (PED steps, LogME-PED per sample and in total-evidence units, and the labels at which
+  the ASVP rule with threshold 1 would fire in either unit), which is how the threshold's unit
+  question is answered on real data.
 
 The seed changes the initial random set, every training's seed and the selection seeds; the
 data split (``data.seed``) stays the same, so the seeds measure the variance of the AL procedure
@@ -25,7 +29,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .cache import atomic_write_text
+from ..transfer.logme import logme
+from ..transfer.ped import ped
+from .cache import FeatureCache, atomic_write_text
 from .config import RunConfig
 from .report import MethodSummary, summarise
 from .run import run
@@ -77,6 +83,13 @@ def run_seeds(config: RunConfig, seeds: Sequence[int], out_dir: "Path | str", *,
     return states
 
 
+def traces(config: RunConfig, states: Dict[int, RunState], out_dir: "Path | str") -> Dict[int, List[TracePoint]]:
+    """:func:`logme_ped_trace` of SVPp for every seed (empty without ``svpp`` in the config)."""
+    if "svpp" not in config.methods:
+        return {}
+    return {seed: logme_ped_trace(state, seed_dir(Path(out_dir), seed)) for seed, state in states.items()}
+
+
 def collect(config: RunConfig, states: Dict[int, RunState]) -> List[MethodStudy]:
     """Per-method results across the seeds' final states."""
     per_seed = {seed: {s.name: s for s in summarise(state, dataclasses.replace(config, seed=seed))}
@@ -117,6 +130,75 @@ def _trigger(state: RunState, name: str) -> Optional[int]:
         if (r.info or {}).get("refresh"):
             return int(r.n_labels - len(r.new))
     return None
+
+
+# -- the trigger's threshold unit --------------------------------------------------------------------
+@dataclass
+class TracePoint:
+    labels: int
+    ped_steps: int
+    logme_ped: Optional[float]  # per sample (LogME's usual unit: evidence / N); None when PED took one step
+
+
+def logme_ped_trace(state: RunState, run_dir: "Path | str", method: str = "svpp") -> List[TracePoint]:
+    """PED steps and LogME-PED of ``method``'s labelled set after every round, on the pre-trained
+    features (cache version 0): the sequence the ASVP rule would see without a refresh."""
+    feats = FeatureCache(Path(run_dir) / "cache").load("pool", 0, verify=False)
+    rows: List[int] = []
+    out = []
+    for rec in state.methods[method].rounds:
+        rows.extend(rec.new)
+        idx = np.sort(np.asarray(rows, dtype=np.int64))
+        y = state.labels_of(idx)
+        steps, score = 0, None
+        if np.unique(y).size >= 2:
+            moved, steps = ped(np.asarray(feats[idx], dtype=np.float32), y)
+            score = logme(moved, y) if steps > 1 else None
+        out.append(TracePoint(int(idx.size), int(steps), score))
+    return out
+
+
+def fires_at(trace: Sequence[TracePoint], threshold: float = 1.0, *, unit: str = "per-sample") -> Optional[int]:
+    """Labels at which the ASVP rule would first fire on ``trace``: PED needed more than one step
+    and LogME-PED moved by less than ``threshold`` since the previous score, with the score per
+    sample (``"per-sample"``) or as total log evidence, per sample × N (``"total"``)."""
+    if unit not in ("per-sample", "total"):
+        raise ValueError(f"unit must be 'per-sample' or 'total', got {unit!r}")
+    previous = None
+    for point in trace:
+        if point.logme_ped is None:
+            continue
+        value = point.logme_ped * (point.labels if unit == "total" else 1)
+        if previous is not None and point.ped_steps > 1 and abs(value - previous) < threshold:
+            return point.labels
+        previous = value
+    return None
+
+
+def trace_markdown(traces: Dict[int, List[TracePoint]], threshold: float = 1.0) -> str:
+    """The first seed's trace in full, and where the rule fires for every seed in both units."""
+    if not traces:
+        return ""
+    seed = min(traces)
+    lines = [f"LogME-PED along SVPp's labelled sets on the pre-trained features (seed {seed}); Δ is the change "
+             "since the previous score, per sample and in total-evidence units (× labels):", "",
+             "| labels | PED steps | LogME-PED (per sample) | Δ per sample | total (× labels) | Δ total |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    prev = None
+    for p in traces[seed]:
+        if p.logme_ped is None:
+            lines.append(f"| {p.labels} | {p.ped_steps} | — | | | |")
+            continue
+        total = p.logme_ped * p.labels
+        d1 = "" if prev is None else f"{p.logme_ped - prev[0]:+.3f}"
+        d2 = "" if prev is None else f"{total - prev[1]:+.1f}"
+        lines.append(f"| {p.labels} | {p.ped_steps} | {p.logme_ped:.4f} | {d1} | {total:.1f} | {d2} |")
+        prev = (p.logme_ped, total)
+    per = ", ".join(f"seed {s}: {fires_at(t, threshold) or 'never'}" for s, t in sorted(traces.items()))
+    tot = ", ".join(f"seed {s}: {fires_at(t, threshold, unit='total') or 'never'}" for s, t in sorted(traces.items()))
+    lines += ["", f"The rule with threshold {threshold:g} would fire after this many labels — per-sample units: {per}; "
+              f"total-evidence units: {tot}.", ""]
+    return "\n".join(lines)
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -203,9 +285,11 @@ def plot(studies: List[MethodStudy], path: Path, title: str = "") -> Optional[Pa
 
 
 def write_summary(studies: List[MethodStudy], config: RunConfig, out_dir: "Path | str", *, command: str = "",
-                  title: str = "") -> Dict[str, Any]:
+                  title: str = "", traces: Optional[Dict[int, List[TracePoint]]] = None) -> Dict[str, Any]:
     out = Path(out_dir)
     text = markdown(studies, config, command=command)
+    if traces:
+        text += "\n" + trace_markdown(traces, config.asvp.threshold)
     atomic_write_text(out / "summary.md", text)
     atomic_write_text(out / "summary.json", json.dumps(to_json(studies), indent=1))
     png = plot(studies, out / "accuracy.png", title=title)
