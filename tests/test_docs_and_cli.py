@@ -89,3 +89,22 @@ def test_results_file_keeps_other_sections(tmp_path):
     text = path.read_text()
     assert "old U" in text and "new D" in text and "old D" not in text
     assert text.index("Uncertainty") < text.index("Diversity") < text.index("## Notes") and "- keep me" in text
+
+
+def test_transfer_benchmark_runs_and_agrees_on_tiny_sizes(tmp_path):
+    from asvp_fast.benchmarks import transfer as tbench
+    from asvp_fast.benchmarks.acquisition import main as bench_main
+
+    rows = [tbench.run_case(case, probe=10.0, log=lambda line: None) for case in tbench.QUICK_CASES]
+    assert [r.agreement is not None for r in rows] == [True, True, True]
+    assert all(r.agreement < 1e-6 for r in rows)  # ours and the plain references agree
+    # the extrapolated reference (a subset of classes) stays close to the full reference's time
+    case = tbench.TransferCase("logme", 3000, 32, 12, ref_classes=4)
+    row = tbench.run_case(case, probe=10.0, log=lambda line: None)
+    assert row.ref_extrapolated and row.agreement is None and row.ref_s > 0
+    assert "| logme N=3,000 D=32 C=12" in tbench.format_table([row])
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# x\n\n## Notes\n\n- keep\n")
+    assert bench_main(["--suite", "transfer", "--quick", "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "## Transferability: LogME and PED" in text and "- keep" in text and "--suite transfer --quick" in text

@@ -1,50 +1,12 @@
 """Tests for asvp_fast.transfer.ped (PED feature dynamics, Li et al. ICCV 2023)."""
 
-import time
 import tracemalloc
 
 import numpy as np
 import pytest
 
+from asvp_fast.benchmarks.transfer_refs import ped_dense as dense_reference
 from asvp_fast.transfer.ped import ped
-
-
-def dense_reference(X, y, *, steps=6, step_size=0.1, nsigma=0.6, exit_ratio=0.5,
-                    constant=1.0, eps=1e-3, reference=None):
-    """Plain dense PED: C x C x D pair tensor, statistics recomputed from the moved samples
-    at every step (as the authors' One_Step_PED / PED_Score do). Returns (X_moved, evaluations)."""
-    X = np.asarray(X, dtype=np.float64).copy()
-    classes, yi = np.unique(y, return_inverse=True)
-    C = len(classes)
-    if reference is None:
-        mu, sd = X.mean(0), X.std(0)
-    else:
-        mu, sd = (np.asarray(r, dtype=np.float64) for r in reference)
-    sd = np.maximum(sd, eps)
-    first = None
-    n_eval = 0
-    while n_eval < steps:
-        n_eval += 1
-        Z = (X - mu) / sd
-        means = np.stack([Z[yi == k].mean(0) for k in range(C)])
-        R = np.sqrt(np.stack([Z[yi == k].var(0) for k in range(C)]).sum(1))
-        diff = means[:, None, :] - means[None, :, :]  # C x C x D
-        dist = np.sqrt((diff ** 2).sum(-1))
-        ov = np.maximum(abs(nsigma) * (R[:, None] + R[None, :]) - dist, 0.0)
-        np.fill_diagonal(ov, 0.0)
-        mag = np.minimum(0.5 * constant * step_size ** 2 * ov, ov)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            unit = np.where(dist[..., None] > 0, diff / dist[..., None], 0.0)
-        disp = (unit * mag[..., None]).sum(1)  # C x D, class a pushed away from every b
-        move = np.abs(disp).sum()
-        if first is None:
-            first = move
-            if move == 0:
-                break
-        elif not move / first > exit_ratio:
-            break
-        X = X + (disp * sd)[yi]
-    return X, n_eval
 
 
 def blobs(rng, C, D, per, spread, sep, dtype=np.float64):
@@ -183,18 +145,15 @@ def test_large_class_count_memory():
     y = np.repeat(np.arange(C), per)
     X = (0.05 * rng.standard_normal((C, D))[y] + rng.standard_normal((C * per, D))).astype(np.float32)
     tracemalloc.start()
-    t0 = time.perf_counter()
     try:
         out, n_it = ped(X, y)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    elapsed = time.perf_counter() - t0
     assert out.shape == X.shape and out.dtype == np.float32
     assert n_it > 1  # heavily overlapping classes
     assert np.isfinite(out).all()
     assert peak < 1 << 30, peak  # a C x C x D float64 tensor would be 16 GB
-    assert elapsed < 60, elapsed
 
 
 @pytest.mark.parametrize("args,kwargs,match", [

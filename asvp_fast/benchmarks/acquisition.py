@@ -264,7 +264,8 @@ def _kept_notes(path: str) -> str:
 UNCERTAINTY_HEADING = "## Uncertainty selection"
 DIVERSITY_HEADING = "## Diversity selection"
 SCALE_HEADING = "## Diversity at scale"
-_SUITE_ORDER = (UNCERTAINTY_HEADING, DIVERSITY_HEADING, SCALE_HEADING)
+TRANSFER_HEADING = "## Transferability: LogME and PED"
+_SUITE_ORDER = (UNCERTAINTY_HEADING, DIVERSITY_HEADING, SCALE_HEADING, TRANSFER_HEADING)
 
 
 def _sections(path: str) -> dict:
@@ -316,8 +317,8 @@ def run_uncertainty_suite(args: argparse.Namespace, bandwidth: float, with_torch
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="asvp-fast bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=("all", "uncertainty", "diversity", "scale"), default="all",
-                        help="which kernels to benchmark: all = uncertainty + diversity; scale = the "
+    parser.add_argument("--suite", choices=("all", "uncertainty", "diversity", "scale", "transfer"), default="all",
+                        help="which kernels to benchmark: all = uncertainty + diversity + transfer (LogME, PED); scale = the "
                              "1.28M-sample float16 memmap runs of k-center and BADGE (k=10,000; about an "
                              "hour on 2 cores)")
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds, for a smoke test)")
@@ -374,6 +375,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             "input with pruning off, as a fraction of the measured read bandwidth; 'same picks' compares a "
             "k-center reference's picks with ours, in order, given the same first pick.\n\n" + table + "\n"
             + (f"\n### Targets of the diversity issue, this run\n\n{targets}\n" if targets else ""))
+    if args.suite in ("all", "transfer"):
+        from . import transfer
+
+        table, probe = transfer.run_suite(quick=args.quick, log=lambda line: print(line, flush=True))
+        print("\n" + table)
+        updated[TRANSFER_HEADING] = (
+            f"\n{TRANSFER_HEADING}\n\nCommand: `{command}`\n\nMachine: {summary}; float64 GEMM probe "
+            f"{probe:.0f} GFLOP/s.\n\n{transfer.__doc__.split(chr(10), 2)[2].strip()}\n\n"
+            "Single runs; peak memory is what tracemalloc saw NumPy allocate (the input excluded).\n\n" + table + "\n")
     if args.output:
         write_results(args.output, summary, updated)
         print(f"\nwritten to {args.output}")
