@@ -652,3 +652,28 @@ def test_logme_ped_trace_follows_the_labelled_sets(tmp_path):
     assert trace[1].logme_ped == (pytest.approx(logme(moved, state.labels_of(rows))) if steps > 1 else None)
     text = study.trace_markdown({2: trace})
     assert "| 40 |" in text and "total-evidence units" in text
+
+
+def test_study_cost_to_reach_randoms_final_accuracy(tmp_path):
+    from asvp_fast import metrics
+    from asvp_fast.loop import study
+    from asvp_fast.loop.report import summarise
+
+    cfg = synthetic_config(methods=["random", "svpp"], evaluation={"random_extra_rounds": 1})
+    states = study.run_seeds(cfg, [4], tmp_path / "s", echo=quiet)
+    st = {s.name: s for s in study.collect(cfg, states)}
+    sums = {s.name: s for s in summarise(states[4], cfg)}
+    target = sums["random"].accuracy[2]  # random at the last AL budget (60), not its extra round
+    acc, labels = np.array(sums["svpp"].accuracy), np.array(sums["svpp"].labels, float)
+    if (acc >= target).any():
+        k = int(np.flatnonzero(acc >= target)[0])
+        expected = labels[0] if k == 0 else metrics.equivalent_random_labels(target, labels, acc, outside="nan")
+        assert st["svpp"].labels_to_target == [pytest.approx(expected)]
+        assert labels[max(k - 1, 0)] <= expected <= labels[k]
+        assert st["svpp"].cost_to_target[0] >= expected * cfg.costs.label_price * cfg.costs.reviews
+    else:
+        assert np.isnan(st["svpp"].labels_to_target[0]) and np.isnan(st["svpp"].cost_to_target[0])
+    assert st["random"].labels_to_target[0] <= 60 and st["random"].cost_ratio == [pytest.approx(1.0)]
+    out = study.write_summary(list(st.values()), cfg, tmp_path / "s")
+    assert out["cost_plot"] is None or out["cost_plot"].exists()
+    assert "cost vs random" in (tmp_path / "s" / "summary.md").read_text()

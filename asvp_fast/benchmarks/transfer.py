@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import tracemalloc
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -84,7 +84,10 @@ def gemm_probe(d: int = 2048, repeat: int = 3) -> float:
     return 2 * d**3 / best / 1e9
 
 
-def _timed(fn: Callable[[], object]) -> Tuple[float, float, object]:
+T = TypeVar("T")
+
+
+def _timed(fn: Callable[[], T]) -> Tuple[float, float, T]:
     """(seconds, peak traced MB, result): tracemalloc sees NumPy's allocations."""
     tracemalloc.start()
     t = time.perf_counter()
@@ -111,15 +114,15 @@ def run_case(case: TransferCase, probe: float, log: Callable[[str], None]) -> Tr
             ref_s = (one_s - per_class) + per_class * case.c
             agreement = None
         else:
-            agreement = abs(float(ours) - ref_score) / max(abs(ref_score), 1e-12)  # type: ignore[arg-type]
+            agreement = abs(ours - ref_score) / max(abs(ref_score), 1e-12)
         log(f"  ours {ours_s:.2f} s ({gflops:.0f} GFLOP/s), reference {ref_s:.2f} s" + (" (extrapolated)" if extrapolated else ""))
         return TransferRow(name, ours_s, ref_s, extrapolated, agreement, ours_mb, ref_mb, gflops, gflops / probe,
-                           detail=f"LogME {float(ours):.4f}")  # type: ignore[arg-type]
-    ours_s, ours_mb, (moved, steps) = _timed(lambda: ped(x, y))  # type: ignore[misc]
+                           detail=f"LogME {ours:.4f}")
+    ours_s, ours_mb, (moved, steps) = _timed(lambda: ped(x, y))
     if not case.ref:
         log(f"  ours {ours_s:.2f} s, {steps} steps; dense reference not run (needs {case.c**2 * case.d * 8 / 1e9:.0f} GB per tensor)")
         return TransferRow(name, ours_s, None, False, None, ours_mb, None, None, None, detail=f"{steps} steps")
-    ref_s, ref_mb, (ref_moved, ref_steps) = _timed(lambda: ped_dense(x, y))  # type: ignore[misc]
+    ref_s, ref_mb, (ref_moved, ref_steps) = _timed(lambda: ped_dense(x, y))
     agreement = float(np.abs(moved - ref_moved).max() / max(float(np.abs(ref_moved).max()), 1e-12))
     if ref_steps != steps:
         agreement = float("inf")

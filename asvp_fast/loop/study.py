@@ -4,10 +4,12 @@
 (each an ordinary, resumable run: rerunning the command continues where it stopped) and writes
 
 * ``DIR/summary.md`` – per method: average sample saving ratio (mean ± sample std over seeds),
-  final accuracy, selection time per round, compute hours, overall cost, and for ASVP variants
-  where the LogME-PED trigger fired;
+  final accuracy, selection time per round, compute hours, overall cost, the labels and cost
+  needed to reach random's accuracy at the last budget (the paper's table 1 cost, and its ratio
+  to random's), and for ASVP variants where the LogME-PED trigger fired;
 * ``DIR/summary.json`` – the same numbers and every seed's values;
-* ``DIR/accuracy.png`` – accuracy against labels, mean with a ±1 std band;
+* ``DIR/accuracy.png`` – accuracy against labels, mean with a ±1 std band; ``DIR/cost.png`` –
+  total selection time and the cost of reaching random's final accuracy (the paper's figure 13);
 * with ``svpp`` in the config, the LogME-PED trace along SVPp's labelled sets on the pre-trained
   features (PED steps, LogME-PED per sample and in total-evidence units, and the labels at which
   the ASVP rule with threshold 1 would fire in either unit), which is how the threshold's unit
@@ -33,7 +35,8 @@ from ..transfer.logme import logme
 from ..transfer.ped import ped
 from .cache import FeatureCache, atomic_write_text
 from .config import RunConfig
-from .report import MethodSummary, summarise
+from .. import metrics
+from .report import MethodSummary, _compute_seconds, summarise
 from .run import run
 from .state import RunState
 
@@ -47,11 +50,16 @@ class MethodStudy:
     average_ratio: List[float]  # one per seed (NaN where a seed has no random curve)
     final_accuracy: List[float]
     select_s_per_round: List[float]  # mean over rounds > 0, per seed
+    select_s_total: List[float]  # all rounds' selection, per seed
     compute_hours: List[float]
     cost: List[float]
     labels: List[int]  # the budgets (the same for every seed)
     accuracy: List[List[float]]  # [seed][round]
     triggers: List[Optional[int]]  # labels at which the ASVP trigger fired, per seed (None: never / not ASVP)
+    # the paper's table 1 / figure 13 cost: what it takes to reach random's accuracy at the last AL budget
+    labels_to_target: List[float]  # NaN where the method never reaches it
+    cost_to_target: List[float]
+    cost_ratio: List[float]  # cost_to_target / random's cost to its own final accuracy
 
     @staticmethod
     def mean_std(values: Sequence[float]) -> "tuple[float, float]":
@@ -107,13 +115,51 @@ def collect(config: RunConfig, states: Dict[int, RunState]) -> List[MethodStudy]
             average_ratio=[math.nan if s.average_ratio is None else s.average_ratio for _, s in runs],
             final_accuracy=[s.accuracy[min(budgets, len(s.accuracy)) - 1] for _, s in runs],
             select_s_per_round=[_mean_select(s) for _, s in runs],
+            select_s_total=[float(sum(s.select_s[:budgets])) for _, s in runs],
             compute_hours=[s.compute_hours for _, s in runs],
             cost=[s.cost for _, s in runs],
             labels=runs[0][1].labels,
             accuracy=[s.accuracy for _, s in runs],
             triggers=[_trigger(states[seed], name) for seed, _ in runs],
+            **_costs_to_target(config, states, per_seed, name, [seed for seed, _ in runs]),
         ))
     return out
+
+
+def _costs_to_target(config: RunConfig, states: Dict[int, RunState], per_seed: Dict[int, Dict[str, MethodSummary]],
+                     name: str, seeds: List[int]) -> Dict[str, List[float]]:
+    """Labels and overall cost with which ``name`` first reaches random's accuracy at the last AL
+    budget (the paper's table 1 cost), and that cost as a fraction of random's own."""
+    budgets = len(config.schedule.budgets())
+    out: Dict[str, List[float]] = {"labels_to_target": [], "cost_to_target": [], "cost_ratio": []}
+    for seed in seeds:
+        rand = per_seed[seed].get("random")
+        mine = per_seed[seed][name]
+        labels, cost, ratio = math.nan, math.nan, math.nan
+        if rand is not None and len(rand.accuracy) >= budgets:
+            target = rand.accuracy[budgets - 1]
+            own = _cost_reaching(config, states[seed], mine, target)
+            base = _cost_reaching(config, states[seed], rand, target)
+            labels, cost = own
+            ratio = cost / base[1] if base[1] > 0 else math.nan
+        out["labels_to_target"].append(labels)
+        out["cost_to_target"].append(cost)
+        out["cost_ratio"].append(ratio)
+    return out
+
+
+def _cost_reaching(config: RunConfig, state: RunState, s: MethodSummary, target: float) -> "tuple[float, float]":
+    """(labels, cost): the first crossing of ``target`` on the method's own piecewise-linear curve
+    (labels interpolated), compute counted up to the round that reaches it."""
+    budgets = len(config.schedule.budgets())
+    labels, acc = np.array(s.labels[:budgets], float), np.array(s.accuracy[:budgets], float)
+    reached = np.flatnonzero(acc >= target)
+    if reached.size == 0:
+        return math.nan, math.nan
+    n = float(labels[0]) if reached[0] == 0 else float(metrics.equivalent_random_labels(target, labels, acc, outside="nan"))
+    hours = _compute_seconds(s.name, state.methods[s.name].rounds[: int(reached[0]) + 1], state) / 3600.0
+    cost = float(metrics.overall_cost(n, config.costs.label_price, hours, config.costs.hourly_price, reviews=config.costs.reviews))
+    return n, cost
 
 
 def _mean_select(s: MethodSummary) -> float:
@@ -210,6 +256,17 @@ def _pm(mean: float, std: float, *, pct: bool = False, digits: int = 1) -> str:
     return f"{sign}{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" + ("%" if pct else "")
 
 
+def _reach(values: Sequence[float], *, digits: int, pct: bool = False) -> str:
+    """mean ± std over the seeds that reached the target, and how many did when not all."""
+    got = [v for v in values if not math.isnan(v)]
+    if not got:
+        return "not reached"
+    mean, std = MethodStudy.mean_std(got)
+    scale = 100.0 if pct else 1.0
+    text = f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" + ("%" if pct else "")
+    return text if len(got) == len(values) else f"{text} ({len(got)} of {len(values)} seeds)"
+
+
 def markdown(studies: List[MethodStudy], config: RunConfig, *, command: str = "") -> str:
     seeds = sorted({s for st in studies for s in st.seeds})
     lines = []
@@ -217,14 +274,16 @@ def markdown(studies: List[MethodStudy], config: RunConfig, *, command: str = ""
         lines += [f"Command: `{command}`", ""]
     lines += [f"Seeds {', '.join(map(str, seeds))}; budgets {', '.join(map(str, config.schedule.budgets()))}; "
               f"strategy `{config.selection.strategy}`. Mean ± sample std over seeds.", "",
-              "| method | average sample saving ratio | final accuracy | selection time per round (s) | compute (h) | overall cost (USD) | trigger fired at (labels, per seed) |",
-              "|---|---:|---:|---:|---:|---:|---|"]
+              "| method | average sample saving ratio | final accuracy | selection time per round (s) | compute (h) | overall cost (USD) | labels to reach random's final accuracy | cost to reach it (USD) | cost vs random | trigger fired at (labels, per seed) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for st in studies:
         trig = "" if st.name.split(":")[0] != "asvp" else ", ".join("—" if t is None else str(t) for t in st.triggers)
         ratio = "—" if st.name == "random" else _pm(*MethodStudy.mean_std(st.average_ratio), pct=True)
         lines.append(f"| {st.name} | {ratio} | {_pm(*MethodStudy.mean_std(st.final_accuracy), pct=True).lstrip('+')} | "
                      f"{_pm(*MethodStudy.mean_std(st.select_s_per_round), digits=2)} | "
-                     f"{_pm(*MethodStudy.mean_std(st.compute_hours), digits=4)} | {_pm(*MethodStudy.mean_std(st.cost), digits=2)} | {trig} |")
+                     f"{_pm(*MethodStudy.mean_std(st.compute_hours), digits=4)} | {_pm(*MethodStudy.mean_std(st.cost), digits=2)} | "
+                     f"{_reach(st.labels_to_target, digits=0)} | {_reach(st.cost_to_target, digits=2)} | "
+                     f"{_reach(st.cost_ratio, digits=1, pct=True)} | {trig} |")
     lines += ["", "Accuracy per budget (mean over seeds):", "",
               "| labels | " + " | ".join(st.name for st in studies) + " |",
               "|---:|" + "---:|" * len(studies)]
@@ -246,7 +305,8 @@ def to_json(studies: List[MethodStudy]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for st in studies:
         d = dataclasses.asdict(st)
-        for key in ("average_ratio", "final_accuracy", "select_s_per_round", "compute_hours", "cost"):
+        for key in ("average_ratio", "final_accuracy", "select_s_per_round", "select_s_total", "compute_hours", "cost",
+                    "labels_to_target", "cost_to_target", "cost_ratio"):
             mean, std = MethodStudy.mean_std(getattr(st, key))
             d[key + "_mean"], d[key + "_std"] = mean, std
         out[st.name] = d
@@ -284,6 +344,49 @@ def plot(studies: List[MethodStudy], path: Path, title: str = "") -> Optional[Pa
     return path
 
 
+def plot_costs(studies: List[MethodStudy], path: Path, title: str = "") -> Optional[Path]:
+    """The paper's figure 13: total selection time and the overall cost of reaching random's
+    accuracy at the last budget, per method (mean ± std over seeds)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    shown = [st for st in studies if st.name != "random"]
+    if not shown:
+        return None
+    fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(9.6, 4.0))
+    names = [st.name for st in shown]
+    ypos = np.arange(len(shown))
+    t = [MethodStudy.mean_std(st.select_s_total) for st in shown]
+    ax_t.barh(ypos, [max(m, 1e-3) for m, _ in t], xerr=[e for _, e in t], color="tab:blue", alpha=0.7)
+    ax_t.set_xscale("log")
+    ax_t.set_xlabel("total selection time (s, log scale)")
+    c = [MethodStudy.mean_std([v for v in st.cost_to_target if not math.isnan(v)]) for st in shown]
+    ax_c.barh(ypos, [0 if math.isnan(m) else m for m, _ in c], xerr=[0 if math.isnan(e) else e for _, e in c],
+              color="tab:orange", alpha=0.7)
+    rand = next((st for st in studies if st.name == "random"), None)
+    if rand is not None:
+        base = MethodStudy.mean_std(rand.cost_to_target)[0]
+        if not math.isnan(base):
+            ax_c.axvline(base, color="k", ls="--", lw=1, label="random")
+            ax_c.legend(fontsize=8)
+    ax_c.set_xlabel("overall cost to reach random's final accuracy (USD)")
+    for ax in (ax_t, ax_c):
+        ax.set_yticks(ypos)
+        ax.set_yticklabels(names, fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    ax_c.set_yticklabels([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_summary(studies: List[MethodStudy], config: RunConfig, out_dir: "Path | str", *, command: str = "",
                   title: str = "", traces: Optional[Dict[int, List[TracePoint]]] = None) -> Dict[str, Any]:
     out = Path(out_dir)
@@ -293,4 +396,5 @@ def write_summary(studies: List[MethodStudy], config: RunConfig, out_dir: "Path 
     atomic_write_text(out / "summary.md", text)
     atomic_write_text(out / "summary.json", json.dumps(to_json(studies), indent=1))
     png = plot(studies, out / "accuracy.png", title=title)
-    return {"markdown": text, "plot": png}
+    costs = plot_costs(studies, out / "cost.png", title=title)
+    return {"markdown": text, "plot": png, "cost_plot": costs}
