@@ -677,3 +677,19 @@ def test_study_cost_to_reach_randoms_final_accuracy(tmp_path):
     out = study.write_summary(list(st.values()), cfg, tmp_path / "s")
     assert out["cost_plot"] is None or out["cost_plot"].exists()
     assert "cost vs random" in (tmp_path / "s" / "summary.md").read_text()
+
+
+def test_linear_probe_warns_when_its_logits_explode(caplog):
+    import torch
+
+    from asvp_fast.loop.training import TrainConfig, _linear_probe
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 64)
+    feats = (rng.normal(size=(64, 32)) + 3 * np.eye(4, 32)[y]).astype(np.float32)
+    for scale, lr, loud in ((60.0, 0.5, True), (1.0, 0.5, False)):
+        caplog.clear()
+        head = torch.nn.Linear(32, 4)
+        with caplog.at_level("WARNING", logger="asvp_fast"):
+            _linear_probe(head, feats * scale, y, TrainConfig(lp_lr=lr, batch_size=16), seed=0, device=torch.device("cpu"))
+        assert ("training.lp_lr" in caplog.text) == loud

@@ -11,6 +11,7 @@ Each training starts from the pre-trained weights and is deterministic for a see
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,13 @@ TRAINING_MODES = ("ft", "lp-ft")
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the learning rates are too high for this model and data."""
+
+
+log = logging.getLogger("asvp_fast")
+
+# Linear-probe logits beyond this are a head that fine-tuning cannot recover from: its gradients
+# wreck the backbone (seen: EfficientNet-Lite0 features of norm ~60 with lp_lr 0.5 → chance level).
+_LP_LOGIT_WARN = 1000.0
 
 
 def _check_loss(loss: torch.Tensor, stage: str, epoch: int, lr_fields: str) -> None:
@@ -148,6 +156,12 @@ def _linear_probe(head: nn.Linear, feats: np.ndarray, labels: np.ndarray, config
             loss.backward()
             opt.step()
             sched.step()
+    with torch.no_grad():
+        largest = float(head(x).abs().max())
+    if largest > _LP_LOGIT_WARN:
+        log.warning("the linear probe (LP-FT) ends with logits up to %.0f on features of mean norm %.1f: fine-tuning "
+                    "from such a head usually collapses; lower training.lp_lr (now %g) roughly in proportion to the "
+                    "squared feature norm", largest, float(x.norm(dim=1).mean()), config.lp_lr)
 
 
 def _fine_tune(model: Classifier, pool: Any, collate: Any, rows: np.ndarray, labels: np.ndarray, config: TrainConfig,
