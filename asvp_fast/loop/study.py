@@ -367,6 +367,9 @@ def plot_costs(studies: List[MethodStudy], path: Path, title: str = "") -> Optio
     c = [MethodStudy.mean_std([v for v in st.cost_to_target if not math.isnan(v)]) for st in shown]
     ax_c.barh(ypos, [0 if math.isnan(m) else m for m, _ in c], xerr=[0 if math.isnan(e) else e for _, e in c],
               color="tab:orange", alpha=0.7)
+    for y, (m, _) in zip(ypos, c):
+        if math.isnan(m):
+            ax_c.text(0.2, y, "not reached", va="center", fontsize=8, color="0.4")
     rand = next((st for st in studies if st.name == "random"), None)
     if rand is not None:
         base = MethodStudy.mean_std(rand.cost_to_target)[0]
