@@ -585,6 +585,11 @@ def test_study_runs_each_seed_and_aggregates_mean_and_std(tmp_path):
     out = study.write_summary(list(studies.values()), cfg, tmp_path / "s", command="asvp-fast study x")
     text = (tmp_path / "s" / "summary.md").read_text()
     assert "| asvp:no-refresh |" in text and "20, 20" in text and "asvp-fast study x" in text
+    # paired differences against svpp: per seed, then mean ± std
+    diffs = [a - b for a, b in zip(studies["asvp:no-refresh"].average_ratio, studies["svpp"].average_ratio)]
+    row = next(line for line in text.splitlines() if line.startswith("| asvp:no-refresh |"))
+    assert row.split(" | ")[2] == study._pm(np.mean(diffs), np.std(diffs, ddof=1), pct=True)
+    assert "vs svpp (paired)" in text
     saved = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert saved["svpp"]["average_ratio_mean"] == pytest.approx(np.mean(studies["svpp"].average_ratio))
     assert out["plot"] is None or out["plot"].exists()

@@ -256,6 +256,15 @@ def _pm(mean: float, std: float, *, pct: bool = False, digits: int = 1) -> str:
     return f"{sign}{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" + ("%" if pct else "")
 
 
+PAIRED_BASELINE = "svpp"  # the ablation's "neither alignment" cell
+
+
+def _paired(st: MethodStudy, base: MethodStudy) -> "tuple[float, float]":
+    """Mean ± std over common seeds of st's average saving ratio minus base's."""
+    mine = dict(zip(st.seeds, st.average_ratio))
+    return MethodStudy.mean_std([mine[s] - b for s, b in zip(base.seeds, base.average_ratio) if s in mine])
+
+
 def _reach(values: Sequence[float], *, digits: int, pct: bool = False) -> str:
     """mean ± std over the seeds that reached the target, and how many did when not all."""
     got = [v for v in values if not math.isnan(v)]
@@ -272,14 +281,21 @@ def markdown(studies: List[MethodStudy], config: RunConfig, *, command: str = ""
     lines = []
     if command:
         lines += [f"Command: `{command}`", ""]
+    base = next((st for st in studies if st.name == PAIRED_BASELINE), None)
     lines += [f"Seeds {', '.join(map(str, seeds))}; budgets {', '.join(map(str, config.schedule.budgets()))}; "
-              f"strategy `{config.selection.strategy}`. Mean ± sample std over seeds.", "",
-              "| method | average sample saving ratio | final accuracy | selection time per round (s) | compute (h) | overall cost (USD) | labels to reach random's final accuracy | cost to reach it (USD) | cost vs random | trigger fired at (labels, per seed) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              f"strategy `{config.selection.strategy}`. Mean ± sample std over seeds"
+              + (f"; 'vs {PAIRED_BASELINE}' is the per-seed difference of average saving ratios (paired: each seed "
+                 "shares its initial set and random curve), which removes the seed-to-seed variance of the random "
+                 "baseline." if base is not None else "."), "",
+              "| method | average sample saving ratio" + (f" | vs {PAIRED_BASELINE} (paired)" if base is not None else "") + " | final accuracy | selection time per round (s) | compute (h) | overall cost (USD) | labels to reach random's final accuracy | cost to reach it (USD) | cost vs random | trigger fired at (labels, per seed) |",
+              "|---|---:|" + ("---:|" if base is not None else "") + "---:|---:|---:|---:|---:|---:|---:|---|"]
     for st in studies:
         trig = "" if st.name.split(":")[0] != "asvp" else ", ".join("—" if t is None else str(t) for t in st.triggers)
         ratio = "—" if st.name == "random" else _pm(*MethodStudy.mean_std(st.average_ratio), pct=True)
-        lines.append(f"| {st.name} | {ratio} | {_pm(*MethodStudy.mean_std(st.final_accuracy), pct=True).lstrip('+')} | "
+        paired = ""
+        if base is not None:
+            paired = " — |" if st.name in ("random", PAIRED_BASELINE) else f" {_pm(*_paired(st, base), pct=True)} |"
+        lines.append(f"| {st.name} | {ratio} |{paired} {_pm(*MethodStudy.mean_std(st.final_accuracy), pct=True).lstrip('+')} | "
                      f"{_pm(*MethodStudy.mean_std(st.select_s_per_round), digits=2)} | "
                      f"{_pm(*MethodStudy.mean_std(st.compute_hours), digits=4)} | {_pm(*MethodStudy.mean_std(st.cost), digits=2)} | "
                      f"{_reach(st.labels_to_target, digits=0)} | {_reach(st.cost_to_target, digits=2)} | "
