@@ -1,6 +1,6 @@
 """asvp_fast: fast, trustworthy active learning for fine-tuning pre-trained models.
 
-The public API is described in API.md; everything not listed in ``__all__`` is private.
+The public API is described in docs/api.md; everything not listed in ``__all__`` is private.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
     ) from exc
 
 from . import metrics
-from ._backends import backends
-from .diversity import badge, kcenter_greedy, kmeans_pp
+from .acquisition.diversity import badge, kcenter_greedy, kmeans_pp
+from .acquisition.uncertainty import scores, select_uncertain
+from .core.backends import backends
 from .transfer.logme import logme
 from .transfer.ped import ped
-from .uncertainty import scores, select_uncertain
 
 __version__ = "0.1.0"
 

@@ -67,7 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _load(path: "object") -> "object":
-    from .loop.config import load_config
+    from .loop.engine.config import load_config
 
     return load_config(path)  # type: ignore[arg-type]
 
@@ -81,12 +81,12 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
     from pathlib import Path
 
     try:
-        from .loop.cache import CacheError
-        from .loop.config import ConfigError
-        from .loop.oracle import LabelsPending, OracleError
-        from .loop.run import run
-        from .loop.state import StateError
-        from .loop.training import TrainingDiverged
+        from .loop.storage.cache import CacheError
+        from .loop.engine.config import ConfigError
+        from .loop.engine.oracle import LabelsPending, OracleError
+        from .loop.engine.runner import run
+        from .loop.engine.state import StateError
+        from .loop.models.training import TrainingDiverged
     except ImportError as exc:
         print(f"asvp-fast: the active-learning loop needs PyTorch and the demo models: pip install 'asvp-fast[demo]' ({exc})",
               file=sys.stderr)
@@ -137,7 +137,7 @@ def _demo(args: "argparse.Namespace") -> int:
     text = resources.files("asvp_fast").joinpath("configs/demo.toml").read_text(encoding="utf-8")
 
     def get_config() -> object:
-        from .loop.config import parse_config, parse_toml
+        from .loop.engine.config import parse_config, parse_toml
 
         return parse_config(parse_toml(text, "the demo config"))
 

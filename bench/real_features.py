@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from asvp_fast.diversity import diversity_select
-from asvp_fast.loop.cache import FeatureCache
-from asvp_fast.loop.data import fashion_mnist_case, wordnet_nouns_case
-from asvp_fast.loop.proxy import ProxyConfig, proxy_outputs, train_proxy
+from asvp_fast.acquisition.diversity import diversity_select
+from asvp_fast.loop.storage.cache import FeatureCache
+from asvp_fast.loop.cases.builtin import fashion_mnist_case, wordnet_nouns_case
+from asvp_fast.loop.models.proxy import ProxyConfig, proxy_outputs, train_proxy
 
 
 def features(case, cache_dir: Path) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""ActiveFT selection (asvp_fast.loop.activeft): loss, optimisation, assignment, inputs, errors."""
+"""ActiveFT selection (asvp_fast.acquisition.activeft): loss, optimisation, assignment, inputs, errors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from asvp_fast.loop import activeft as aft  # noqa: E402
-from asvp_fast.loop.activeft import activeft_select  # noqa: E402
+from asvp_fast.acquisition.activeft import activeft_select  # noqa: E402
 
 NO_LABELS = np.empty(0, dtype=np.int64)
 

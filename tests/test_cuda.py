@@ -59,7 +59,7 @@ def _clustered(rng, n, d, dtype=np.float32):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 def test_cuda_kcenter_is_greedy_and_matches_cpu(dtype, rng):
-    from asvp_fast.diversity import diversity_select
+    from asvp_fast.acquisition.diversity import diversity_select
 
     x = _clustered(rng, 20_000, 40)
     t = torch.from_numpy(x).to(getattr(torch, dtype))

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import asvp_fast as af
 import asvp_fast._C as _C
-from asvp_fast.diversity import diversity_select
+from asvp_fast.acquisition.diversity import diversity_select
 
 import reference as ref
 

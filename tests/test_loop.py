@@ -21,10 +21,10 @@ from asvp_fast.loop import (  # noqa: E402
     parse_config,
     run,
 )
-from asvp_fast.loop.data import synthetic_case  # noqa: E402
-from asvp_fast.loop.proxy import MLPProxy, ProxyConfig, proxy_outputs, train_proxy  # noqa: E402
-from asvp_fast.loop.run import Runner  # noqa: E402
-from asvp_fast.loop.strategies import STRATEGIES, SelectorView, select  # noqa: E402
+from asvp_fast.loop.cases.builtin import synthetic_case  # noqa: E402
+from asvp_fast.loop.models.proxy import MLPProxy, ProxyConfig, proxy_outputs, train_proxy  # noqa: E402
+from asvp_fast.loop.engine.runner import Runner  # noqa: E402
+from asvp_fast.loop.selection.strategies import STRATEGIES, SelectorView, select  # noqa: E402
 
 
 def synthetic_config(**overrides):
@@ -279,7 +279,7 @@ def test_file_oracle_rejects_bad_answers(tmp_path):
         w.writerow(["index", "item", "label"])
         for r in rows:
             w.writerow([r["index"], r["item"], "not-a-class"])
-    from asvp_fast.loop.oracle import OracleError
+    from asvp_fast.loop.engine.oracle import OracleError
 
     with pytest.raises(OracleError, match="not-a-class"):
         run(cfg, tmp_path / "r", resume=True, echo=quiet)
@@ -314,7 +314,7 @@ def test_budget_larger_than_pool_fails_before_any_work(tmp_path):
 
 
 def test_diverging_training_is_reported(tmp_path):
-    from asvp_fast.loop.training import TrainingDiverged
+    from asvp_fast.loop.models.trainers import TrainingDiverged
 
     cfg = synthetic_config(methods=["random"], training={"head_lr": 1e30, "backbone_lr": 1e30})
     with pytest.raises(TrainingDiverged, match="lower training.head_lr"):
@@ -324,7 +324,7 @@ def test_diverging_training_is_reported(tmp_path):
 
 
 def test_asvp_trigger_rule():
-    from asvp_fast.loop.asvp import should_refresh
+    from asvp_fast.loop.methods.asvp import should_refresh
 
     assert not should_refresh(1, None, 0.5, 1.0)  # PED converged in one step: no LogME, no refresh
     assert not should_refresh(1, 0.6, 0.5, 1.0)
@@ -554,14 +554,14 @@ def test_cli_run_resume_and_exit_codes(tmp_path, capsys, monkeypatch):
 
     import sys
 
-    monkeypatch.setattr(sys.modules["asvp_fast.loop.run"], "run", interrupted)
+    monkeypatch.setattr(sys.modules["asvp_fast.loop.engine.runner"], "run", interrupted)
     assert main(["run", str(cfg), "-o", str(tmp_path / "i")]) == 130
     assert "--resume" in capsys.readouterr().err
 
 
 def test_study_runs_each_seed_and_aggregates_mean_and_std(tmp_path):
     from asvp_fast.loop import study
-    from asvp_fast.loop.report import summarise
+    from asvp_fast.loop.reporting.report import summarise
 
     cfg = synthetic_config(methods=["random", "svpp", "asvp:no-refresh", "activeft-pre"],
                            asvp={"force_refresh_round": 1, "threshold": 0.0}, evaluation={"random_extra_rounds": 1})
@@ -628,7 +628,7 @@ def test_cli_study_writes_summary(tmp_path, capsys):
 
 
 def test_threshold_units_on_constructed_traces():
-    from asvp_fast.loop.study import TracePoint, fires_at
+    from asvp_fast.loop.reporting.study import TracePoint, fires_at
 
     trace = [TracePoint(100, 1, None), TracePoint(200, 4, 0.40), TracePoint(300, 5, 0.45), TracePoint(400, 5, 0.451)]
     assert fires_at(trace) == 300  # per sample: |0.45 - 0.40| < 1 at the first comparison
@@ -662,7 +662,7 @@ def test_logme_ped_trace_follows_the_labelled_sets(tmp_path):
 def test_study_cost_to_reach_randoms_final_accuracy(tmp_path):
     from asvp_fast import metrics
     from asvp_fast.loop import study
-    from asvp_fast.loop.report import summarise
+    from asvp_fast.loop.reporting.report import summarise
 
     cfg = synthetic_config(methods=["random", "svpp"], evaluation={"random_extra_rounds": 1})
     states = study.run_seeds(cfg, [4], tmp_path / "s", echo=quiet)
@@ -687,7 +687,7 @@ def test_study_cost_to_reach_randoms_final_accuracy(tmp_path):
 def test_linear_probe_warns_when_its_logits_explode(caplog):
     import torch
 
-    from asvp_fast.loop.training import TrainConfig, _linear_probe
+    from asvp_fast.loop.models.trainers import TrainConfig, _linear_probe
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 64)

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 from asvp_fast.loop import backbones as bb  # noqa: E402
 from asvp_fast.loop import data as dd  # noqa: E402
-from asvp_fast.loop.types import Backbone, Case  # noqa: E402
+from asvp_fast.loop.cases.case import Backbone, Case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_builtin_data.py"

@@ -62,7 +62,7 @@ def _write_image_folder(root, classes=("cat", "dog"), per_class=10, size=40, see
 def _calibrated_resnet50():
     """A random ResNet-50 whose BatchNorm statistics match its activations, like a trained checkpoint's
     (a raw random init has running variances of 1 while its activations grow layer after layer)."""
-    from asvp_fast.loop.backbones import ResNet50
+    from asvp_fast.loop.models.backbones import ResNet50
 
     model = ResNet50(seed=5)
     for m in model.modules():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import asvp_fast as af
 import asvp_fast._C as _C
-import asvp_fast.uncertainty as unc
+import asvp_fast.acquisition.uncertainty as unc
 
 import reference as ref
 from helpers import random_logits, random_probabilities

@@ -27,7 +27,7 @@ import numpy as np
 
 import asvp_fast as af
 from asvp_fast import _C
-from asvp_fast.uncertainty import Kind
+from asvp_fast.acquisition.uncertainty import Kind
 
 
 @dataclass

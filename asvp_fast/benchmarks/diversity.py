@@ -24,7 +24,7 @@ from typing import Any, Callable, List, Literal, Optional, Tuple
 
 import numpy as np
 
-from asvp_fast.diversity import diversity_select
+from asvp_fast.acquisition.diversity import diversity_select
 
 from . import diversity_refs as refs
 from .acquisition import PeakMemory

@@ -7,16 +7,16 @@ Needs PyTorch (``pip install "asvp-fast[demo]"`` brings it with the built-in mod
 (simulated and file-based), :mod:`.run` (resumable runs) and :mod:`.report` (table and plots).
 """
 
-from .cache import CacheError, FeatureCache
-from .config import ConfigError, RunConfig, load_config, parse_config
-from .oracle import FileOracle, LabelsPending, SimulatedOracle
-from .pipelines import METHODS, Method, register_method
-from .proxy import MLPProxy, ProxyConfig, train_proxy
-from .run import run
-from .state import RunState, StateError
-from .strategies import STRATEGIES, SelectorView, select
-from .training import Classifier, TrainConfig, train_classifier
-from .types import Backbone, Case
+from .storage.cache import CacheError, FeatureCache
+from .engine.config import ConfigError, RunConfig, load_config, parse_config
+from .engine.oracle import FileOracle, LabelsPending, SimulatedOracle
+from .methods.base import METHODS, Method, register_method
+from .models.proxy import MLPProxy, ProxyConfig, train_proxy
+from .engine.runner import run
+from .engine.state import RunState, StateError
+from .selection.strategies import STRATEGIES, SelectorView, select
+from .models.training import Classifier, TrainConfig, train_classifier
+from .cases.case import Backbone, Case
 
 __all__ = [
     "Backbone", "CacheError", "Case", "Classifier", "ConfigError", "FeatureCache", "FileOracle", "LabelsPending",

@@ -1,0 +1,263 @@
+"""Diversity selection: exact greedy k-center, k-means++ D² seeding and BADGE.
+
+All three keep, for every row, the squared distance to its nearest centre so far (O(N) extra
+memory, nothing of size N x k, N x L or N x C*d) and fold in one centre per pick with a fused
+pass that skips rows the triangle inequality proves cannot change. The results are exactly
+those of the plain algorithms; the skipping only saves work (``prune=False`` turns it off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Literal, Optional, Tuple
+
+import numpy as np
+
+from .. import _C
+from ..core.arrays import (
+    Operand,
+    Outputs,
+    as_operand,
+    check_float_matrix,
+    exclusion_mask,
+    resolve_device,
+)
+from ..core.checks import parse_choice, parse_count, parse_flag, parse_rows, parse_seed, parse_threads
+from ..core.progress import row_progress
+from .nearest import nearest_labelled
+
+Device = str  # "auto" | "cpu" | "cuda" | "cuda:N"
+
+_KCENTER, _KMEANS_PP, _BADGE = 0, 1, 2
+
+
+@dataclass
+class DiversityResult:
+    """A selection with what it cost (returned by :func:`diversity_select`).
+
+    Attributes:
+        indices: the picks in order (numpy int64, or a torch tensor on the input's device).
+        distances: float32 (k,): each pick's squared distance to the nearest earlier centre
+            (labelled rows included) at the moment it was picked; ``inf`` for a first pick made
+            with no centre yet. For k-center these are the greedy radii, non-increasing.
+        distances_possible: row-to-centre distances an unpruned run evaluates.
+        distances_computed: those actually evaluated (plus the initial labelled pass).
+        centre_distances: centre-to-centre distances evaluated for the pruning test.
+    """
+
+    indices: Any
+    distances: np.ndarray
+    distances_possible: int
+    distances_computed: int
+    centre_distances: int
+
+    @property
+    def skipped_fraction(self) -> float:
+        """Fraction of the per-pick row-to-centre distances the pruning avoided."""
+        if self.distances_possible == 0:
+            return 0.0
+        return 1.0 - min(self.distances_computed, self.distances_possible) / self.distances_possible
+
+
+def _finish(op: Operand, picks: np.ndarray) -> Any:
+    if op.torch_device is None:
+        return picks
+    import torch
+
+    return torch.from_numpy(picks).to(op.torch_device)
+
+
+def _host_mask(exclude: Any, n: int, op: Operand) -> Tuple[Optional[np.ndarray], int]:
+    host_op = Operand(handle=None, shape=op.shape, dtype_name=op.dtype_name, itemsize=op.itemsize, on_cuda=False)
+    mask, excluded = exclusion_mask(exclude, n, host_op)
+    return mask, excluded
+
+
+def diversity_select(
+    method: Literal["kcenter", "kmeans_pp", "badge"],
+    features: Any,
+    k: int,
+    *,
+    x: Any = None,
+    from_logits: bool = False,
+    labeled: Any = None,
+    exclude: Any = None,
+    seed: int = 0,
+    validate: bool = True,
+    prune: bool = True,
+    device: Device = "auto",
+    threads: Optional[int] = None,
+    progress: Optional[bool] = None,
+    nearest_backend: str = "auto",
+) -> DiversityResult:
+    """The engine behind :func:`kcenter_greedy`, :func:`kmeans_pp` and :func:`badge`, returning the
+    picks together with their distances and the work done (for benchmarks and diagnostics).
+
+    ``method`` chooses the algorithm; the other arguments are those of the three functions.
+    ``prune=False`` evaluates every distance (same result, for checking the pruning).
+    ``nearest_backend`` picks the library of k-center's initial nearest-labelled search
+    ("auto", "faiss", "numpy" or "torch").
+    """
+    codes = {"kcenter": _KCENTER, "kmeans_pp": _KMEANS_PP, "badge": _BADGE}
+    code = codes[parse_choice(method, tuple(codes), "method")]
+    from_logits, validate = parse_flag(from_logits, "from_logits"), parse_flag(validate, "validate")
+    prune = parse_flag(prune, "prune")
+    parse_choice(nearest_backend, ("auto", "faiss", "numpy", "torch"), "nearest_backend")
+    op = as_operand(features, "features")
+    n, d = check_float_matrix(op, "features", columns="d")
+    k = parse_count(k)
+    n_threads = parse_threads(threads)
+    seed64 = parse_seed(seed)
+    use_cuda = resolve_device(device, op, "features")
+
+    x_handle = None
+    x_nbytes = 0
+    if code == _BADGE:
+        x_op = as_operand(x, "x")
+        if check_float_matrix(x_op)[0] != n:
+            raise ValueError(f"x has {x_op.shape[0]} rows but features has {n}; they must describe the same samples")
+        if x_op.on_cuda != op.on_cuda:
+            raise ValueError("x and features must be on the same device")
+        x_handle = x_op.handle
+        x_nbytes = x_op.nbytes
+
+    lab = np.empty(0, dtype=np.int64)
+    if labeled is not None:
+        if code != _KCENTER:
+            raise ValueError("labeled is only used by k-center greedy; use exclude for the other methods")
+        lab = parse_rows(labeled, n, "labeled", unique=True)
+    mask, excluded = _host_mask(exclude, n, op)
+    available = n - lab.size - excluded
+    if k > available:
+        if available == 0 and n > 0:
+            raise ValueError(f"no row may be picked: all {n} rows are labelled or excluded")
+        detail = f"{lab.size} labelled" if lab.size else f"{excluded} excluded"
+        raise ValueError(f"k={k} is larger than the {available} rows that may be picked ({n} rows, {detail})")
+
+    picks = np.empty(k, dtype=np.int64)
+    distances = np.empty(k, dtype=np.float32)
+    if k == 0:
+        return DiversityResult(_finish(op, picks), distances, 0, 0, 0)
+    nearest = nearest_labelled(features, lab, n_threads, nearest_backend, gpu=use_cuda) if lab.size else None
+    names = {"kcenter": "k-center greedy", "kmeans_pp": "k-means++", "badge": "BADGE"}
+    bar = row_progress(progress, (op.nbytes + x_nbytes) * k, k, names[method], unit="picks")
+    try:
+        work: Dict[str, Any] = _C.diversity(
+            code, op.handle, x_handle, bool(from_logits), bool(validate), lab if lab.size else None, nearest, mask,
+            picks, distances, k, seed64, n_threads, bool(prune), use_cuda, Outputs(op).cuda_stream(), bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return DiversityResult(_finish(op, picks), distances, int(work["distances_possible"]),
+                           int(work["distances_computed"]), int(work["centre_distances"]))
+
+
+def kcenter_greedy(
+    features: Any,
+    k: int,
+    *,
+    labeled: Any = None,
+    seed: int = 0,
+    device: Device = "auto",
+    threads: Optional[int] = None,
+    progress: Optional[bool] = None,
+) -> Any:
+    """Exact greedy k-center (Sener & Savarese 2018) in Euclidean distance.
+
+    Every pick is a row whose distance to the nearest of (labelled rows and earlier picks) is
+    largest; equal distances go to the lower row index. With no labelled rows the first pick is
+    drawn uniformly at random with ``seed``. Labelled rows are never picked.
+
+    Distances are accumulated in float32 (float16/bfloat16 rows are converted as they are read,
+    never as a whole). The initial distances to the labelled rows come from a tiled GEMM-style
+    nearest-neighbour search (faiss when installed, else numpy/BLAS; torch for CUDA tensors)
+    followed by an exact direct recomputation; each pick is then one fused pass that skips the
+    rows the triangle inequality proves cannot get closer.
+
+    Args:
+        features: N x d features: float16, bfloat16, float32 or float64; numpy array, numpy
+            memmap (may be larger than RAM) or torch tensor (CPU or CUDA).
+        k: how many rows to pick (0 gives an empty result); at most N minus the labelled rows.
+        labeled: indices (or a bool mask) of rows already labelled: they act as centres.
+        seed: chooses the first pick when there are no labelled rows.
+        device: ``"auto"`` (where ``features`` lives), ``"cpu"`` or ``"cuda"``.
+        threads: CPU threads (None: all cores).
+        progress: show a progress bar over picks (tqdm); None shows one for long runs when
+            stderr is a terminal. Ctrl-C stops the run between picks.
+
+    Returns:
+        int64 (k,) row indices in pick order: numpy for numpy input, a torch tensor on the
+        input's device for torch input.
+
+    Raises:
+        ValueError: NaN/Inf in a row (named), k larger than the rows that may be picked,
+            labelled indices out of range or repeated, wrong shape.
+        TypeError: unsupported dtype.
+    """
+    return diversity_select("kcenter", features, k, labeled=labeled, seed=seed, device=device, threads=threads,
+                            progress=progress).indices
+
+
+def kmeans_pp(
+    features: Any,
+    k: int,
+    *,
+    seed: int = 0,
+    exclude: Any = None,
+    device: Device = "auto",
+    threads: Optional[int] = None,
+    progress: Optional[bool] = None,
+) -> Any:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): D² sampling without replacement.
+
+    The first pick is uniform among the rows that may be picked; each next pick is row i with
+    probability proportional to its squared distance to the nearest pick so far (rows that
+    coincide with a pick have probability 0; if every remaining row does, the pick is uniform
+    among them). Draws are exact: the sampler walks cached per-block weight sums (blocks of
+    1024 rows, updated only where distances changed), never rebuilding an O(N) table.
+
+    Args:
+        features, k, seed, device, threads, progress: as for :func:`kcenter_greedy`.
+        exclude: rows that may not be picked: a bool mask (N,) or an index array. They do not
+            act as centres and are not read.
+
+    Returns:
+        int64 (k,) row indices in pick order.
+    """
+    return diversity_select("kmeans_pp", features, k, exclude=exclude, seed=seed, device=device, threads=threads,
+                            progress=progress).indices
+
+
+def badge(
+    x: Any,
+    features: Any,
+    k: int,
+    *,
+    from_logits: bool = False,
+    exclude: Any = None,
+    seed: int = 0,
+    validate: bool = True,
+    device: Device = "auto",
+    threads: Optional[int] = None,
+    progress: Optional[bool] = None,
+) -> Any:
+    """BADGE (Ash et al. 2020): k-means++ seeding over gradient embeddings, never materialised.
+
+    The embedding of row i is g_i = (p_i - onehot(argmax p_i)) (x) h_i (C*d values); distances
+    use ||g_i - g_j||^2 = |q_i|^2 |h_i|^2 + |q_j|^2 |h_j|^2 - 2 (q_i.q_j)(h_i.h_j) with
+    q = p - onehot, so a pick costs O(N (C + d)) and memory stays O(N). The first pick is the
+    row with the largest |g_i| (lowest row on ties), then D² sampling as in :func:`kmeans_pp`.
+
+    Args:
+        x: N x C probabilities, or logits with ``from_logits=True`` (softmax computed on the
+            fly; the predicted class's entry of q is minus the sum of the other probabilities,
+            which avoids cancellation for confident rows).
+        features: N x d penultimate-layer embeddings h (same rows as ``x``).
+        k, exclude, seed, device, threads, progress: as for :func:`kmeans_pp`.
+        validate: check that probability rows lie in [0, 1] and sum to 1.
+
+    Returns:
+        int64 (k,) row indices in pick order.
+    """
+    return diversity_select("badge", features, k, x=x, from_logits=from_logits, exclude=exclude, seed=seed,
+                            validate=validate, device=device, threads=threads, progress=progress).indices

@@ -1,0 +1,150 @@
+"""Uncertainty statistics and top-k selection (margin, entropy, least confidence).
+
+One pass over an N x C matrix of probabilities (or logits, with a numerically stable softmax
+computed on the fly): the statistic, the validation of every row and a streaming top-k happen
+together, with no sort of the pool and no float64 or softmax copy of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+from .. import _C
+from ..core.arrays import (
+    Operand,
+    Outputs,
+    as_operand,
+    check_float_matrix,
+    exclusion_mask,
+    resolve_device,
+)
+from ..core.checks import parse_choice, parse_count, parse_flag, parse_threads
+from ..core.progress import row_progress
+
+Kind = Literal["margin", "entropy", "least_confidence"]
+Device = str  # "auto" | "cpu" | "cuda" | "cuda:N"
+
+_KINDS = {"margin": 0, "entropy": 1, "least_confidence": 2}
+_CHUNK_BYTES = 64 << 20
+
+
+@dataclass
+class _Call:
+    """A validated call: the input as the kernels take it and where the results go."""
+
+    op: Operand
+    n: int
+    kind_code: int
+    threads: int
+    use_cuda: bool
+    outputs: Outputs
+
+    def run(self, *, from_logits: bool, validate: bool, mask: Any, scores_out: Any, indices_out: Any, k: int,
+            progress: Optional[bool], description: str) -> None:
+        bar = row_progress(progress, self.op.nbytes, self.n, description)
+        try:
+            _C.uncertainty(self.op.handle, self.kind_code, bool(from_logits), bool(validate), mask, scores_out,
+                           indices_out, k, self.threads, self.op.release_pages, _CHUNK_BYTES, self.use_cuda,
+                           self.outputs.cuda_stream(), bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _prepare(x: Any, kind: str, threads: Optional[int], device: str) -> _Call:
+    parse_choice(kind, tuple(_KINDS), "uncertainty kind")
+    op = as_operand(x)
+    n, c = check_float_matrix(op)
+    if kind == "margin" and c < 2:
+        raise ValueError(f"margin needs at least 2 classes, x has {c}")
+    return _Call(op, n, _KINDS[kind], parse_threads(threads), resolve_device(device, op), Outputs(op))
+
+
+def scores(
+    x: Any,
+    kind: Kind,
+    *,
+    from_logits: bool = False,
+    validate: bool = True,
+    device: Device = "auto",
+    threads: Optional[int] = None,
+    progress: Optional[bool] = None,
+) -> Any:
+    """The raw uncertainty statistic of every row of ``x`` as float32 (N,).
+
+    Args:
+        x: N x C probabilities (each row in [0, 1], summing to 1 within 1e-3), or logits with
+            ``from_logits=True``. float16, bfloat16, float32 or float64; numpy array, numpy
+            memmap (streamed in chunks) or torch tensor (CPU or CUDA); any strides.
+        kind: ``"margin"`` (p(1) - p(2), the largest minus the second largest probability),
+            ``"entropy"`` (-sum p ln p, natural log, 0 ln 0 = 0) or ``"least_confidence"`` (max p).
+        from_logits: treat rows as logits; the softmax is computed stably (max-subtracted).
+        validate: check that probability rows lie in [0, 1] and sum to 1. NaN and Inf are
+            rejected regardless.
+        device: ``"auto"`` (where ``x`` lives), ``"cpu"`` or ``"cuda"``.
+        threads: CPU threads (None: all cores).
+        progress: show a progress bar (tqdm); None shows one for inputs of 8 GB or more when
+            stderr is a terminal. Ctrl-C interrupts a scan between 64 MB chunks either way.
+
+    Returns:
+        float32 array of length N: numpy for numpy input, a torch tensor on x's device for
+        torch input.
+
+    Raises:
+        ValueError: wrong shape, unknown kind, or a row that is not valid (the first bad row is
+            named).
+        TypeError: unsupported dtype.
+    """
+    from_logits, validate = parse_flag(from_logits, "from_logits"), parse_flag(validate, "validate")
+    call = _prepare(x, kind, threads, device)
+    result, handle = call.outputs.empty(call.n, "float32")
+    if call.n:
+        call.run(from_logits=from_logits, validate=validate, mask=None, scores_out=handle, indices_out=None, k=0,
+                 progress=progress, description=f"{kind} scores")
+    return result
+
+
+def select_uncertain(
+    x: Any,
+    k: int,
+    kind: Kind = "margin",
+    *,
+    from_logits: bool = False,
+    exclude: Any = None,
+    validate: bool = True,
+    device: Device = "auto",
+    threads: Optional[int] = None,
+    progress: Optional[bool] = None,
+) -> Any:
+    """Indices of the ``k`` most uncertain rows of ``x``, most uncertain first.
+
+    Most uncertain means the smallest margin, the largest entropy or the smallest maximum
+    probability. The order is exactly that of :func:`scores` (float32); equal scores go to the
+    lower row index.
+
+    Args:
+        x: as for :func:`scores`.
+        k: how many rows to pick; 0 gives an empty result. Must not exceed the rows not excluded.
+        kind: as for :func:`scores`.
+        from_logits, validate, device, threads, progress: as for :func:`scores`.
+        exclude: rows that may not be picked (e.g. already labelled): a bool mask of length N or
+            an array of row indices in [0, N). Excluded rows are not read.
+
+    Returns:
+        int64 array of length k: numpy for numpy input, a torch tensor on x's device for torch
+        input.
+    """
+    from_logits, validate = parse_flag(from_logits, "from_logits"), parse_flag(validate, "validate")
+    call = _prepare(x, kind, threads, device)
+    k = parse_count(k)
+    n = call.n
+    mask, excluded = exclusion_mask(exclude, n, call.op)
+    if k > n - excluded:
+        raise ValueError(f"k={k} is larger than the {n - excluded} rows that may be picked "
+                         f"({n} rows, {excluded} excluded)")
+    result, handle = call.outputs.empty(k, "int64")
+    if k:
+        call.run(from_logits=from_logits, validate=validate, mask=mask, scores_out=None, indices_out=handle, k=k,
+                 progress=progress, description=f"selecting {k} by {kind}")
+    return result

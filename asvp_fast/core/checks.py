@@ -1,0 +1,150 @@
+"""The one argument contract of every public function (``docs/api.md``, "One rule").
+
+Each kind of argument that several public functions share is parsed here, once, so that the same
+mistake gets the same answer everywhere:
+
+* ``device``: ``"auto" | "cpu" | "cuda" | "cuda:N"`` (:func:`parse_device`; an unavailable device
+  raises :class:`RuntimeError` naming it, see :mod:`.devices`);
+* ``threads``: ``None`` (all cores) or a positive integer, clamped to :data:`MAX_THREADS`
+  (:func:`parse_threads`);
+* flags such as ``from_logits``/``validate``: real booleans only (:func:`parse_flag`; the string
+  ``"False"`` is not silently true);
+* counts (``k``), seeds, and the index-or-mask arguments ``exclude=``/``labeled=``
+  (:func:`parse_rows`).
+
+Nothing here imports torch: tensors are recognised by duck typing.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+# More threads than this is never useful on one machine and makes libgomp run out of stack
+# (threads=10**6 crashed every native entry point); larger requests are clamped to it.
+MAX_THREADS = 1024
+
+DEVICE_KINDS = ("auto", "cpu", "cuda")
+
+
+def is_torch_tensor(x: Any) -> bool:
+    """True for torch tensors (recognised without importing torch)."""
+    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "__dlpack__")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A parsed ``device=`` argument: ``kind`` is "auto", "cpu" or "cuda"; ``index`` is N of "cuda:N"."""
+
+    kind: str
+    index: Optional[int] = None
+
+    def __str__(self) -> str:
+        return self.kind if self.index is None else f"{self.kind}:{self.index}"
+
+
+def parse_device(device: Any, name: str = "device") -> DeviceSpec:
+    """Checks the spelling of a device argument (not whether it is usable: see :mod:`.devices`)."""
+    if is_torch_tensor(device) or not isinstance(device, str):
+        # torch.device objects are accepted by their string form ("cuda:1", "cpu")
+        if type(device).__name__ == "device" and type(device).__module__.split(".")[0] == "torch":
+            device = str(device)
+        else:
+            raise TypeError(f"{name} must be one of 'auto', 'cpu', 'cuda', 'cuda:N', got {type(device).__name__} {device!r}")
+    text = device.strip().lower()
+    if text in DEVICE_KINDS:
+        return DeviceSpec(text)
+    kind, sep, index = text.partition(":")
+    if kind == "cuda" and sep and index.isdigit() and len(index) <= 4:
+        return DeviceSpec("cuda", int(index))
+    raise ValueError(f"{name} must be one of 'auto', 'cpu', 'cuda', 'cuda:N', got {device!r}")
+
+
+def parse_threads(threads: Any, name: str = "threads") -> int:
+    """0 for ``None`` (all cores), else the thread count, at most :data:`MAX_THREADS`."""
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+        raise TypeError(f"{name} must be None or a positive integer, got {type(threads).__name__} {threads!r}")
+    if threads < 1:
+        raise ValueError(f"{name} must be None or a positive integer, got {threads!r}")
+    return int(min(int(threads), MAX_THREADS))
+
+
+def parse_flag(value: Any, name: str) -> bool:
+    """A boolean option: ``True``/``False`` (numpy booleans too), nothing else."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def parse_count(k: Any, name: str = "k") -> int:
+    """A non-negative integer count."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(k).__name__}")
+    if k < 0:
+        raise ValueError(f"{name} must be non-negative, got {k}")
+    return int(k)
+
+
+def parse_seed(seed: Any, name: str = "seed") -> int:
+    """An integer seed, reduced to 64 bits (the kernels' counter-based generator takes 64 bits)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(seed).__name__}")
+    return int(seed) % (1 << 64)
+
+
+def parse_choice(value: Any, choices: "tuple[str, ...] | list[str]", name: str) -> str:
+    """One of a fixed set of strings (a list or other unhashable value is a TypeError, not a crash)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {sorted(choices)}, got {type(value).__name__} {value!r}")
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
+    return value
+
+
+def parse_rows(rows: Any, n: int, name: str, *, unique: bool = False) -> np.ndarray:
+    """The index-or-mask argument (``exclude=``, ``labeled=``) as sorted-as-given int64 row indices.
+
+    Accepts a bool mask of length ``n`` or an integer index array (numpy, list, or a torch tensor on
+    any device). Indices must lie in [0, n); with ``unique=True`` a repeated index is an error.
+    """
+    if is_torch_tensor(rows):
+        rows = rows.detach().cpu().numpy()
+    if isinstance(rows, (str, bytes, dict, set)):
+        raise TypeError(f"{name} must be a bool mask or an integer index array, got {type(rows).__name__}")
+    try:
+        arr = np.asarray(rows)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be a bool mask or an integer index array ({exc})") from None
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D bool mask or index array, got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        if arr.shape[0] != n:
+            raise ValueError(f"{name} mask has length {arr.shape[0]}, expected one entry per row ({n})")
+        return np.flatnonzero(arr).astype(np.int64)
+    if arr.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer row indices (or be a bool mask), got dtype {arr.dtype}")
+    if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} contains index {int(arr.max())}, outside [0, {n}) for {n} rows")
+    idx = arr.astype(np.int64)
+    bad = idx[(idx < 0) | (idx >= n)]
+    if bad.size:
+        raise ValueError(f"{name} contains index {int(bad[0])}, outside [0, {n}) for {n} rows")
+    if unique:
+        uniq, counts = np.unique(idx, return_counts=True)
+        if uniq.size != idx.size:
+            raise ValueError(f"{name} contains index {int(uniq[counts > 1][0])} more than once")
+    return idx
+
+
+def rows_to_mask(rows: np.ndarray, n: int) -> np.ndarray:
+    """A uint8 mask (N,) with 1 at ``rows`` (the kernels' exclusion format)."""
+    mask = np.zeros(n, dtype=np.uint8)
+    mask[rows] = 1
+    return mask

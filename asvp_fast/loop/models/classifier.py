@@ -1,0 +1,80 @@
+"""The target model: a backbone plus a linear head, and what is done with a trained one
+(predict the test set, score cached features with its head)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from ...core.progress import task_bar
+from .backbones.base import Backbone
+
+
+class Classifier(nn.Module):
+    """Backbone + linear head; ``forward`` returns logits."""
+
+    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.feature_dim, num_classes)
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.head(self.backbone(batch).float())
+
+
+
+@torch.inference_mode()
+def predict(model: Classifier, dataset: Any, collate: Any, config: Any,
+            lengths: "Optional[Sequence[int] | np.ndarray]" = None, progress: Optional[bool] = None) -> np.ndarray:
+    """Predicted classes of every item of ``dataset`` (length-sorted batches when lengths are given).
+
+    ``config``: a :class:`~.trainers.TrainConfig` (its ``eval_batch_size``, ``num_workers``, ``amp``).
+    """
+    dev = next(model.parameters()).device
+    n = len(dataset)
+    order = np.argsort(np.asarray(lengths), kind="stable") if lengths is not None else np.arange(n)
+    loader = DataLoader(Subset(dataset, order.tolist()), batch_size=config.eval_batch_size, shuffle=False,
+                        collate_fn=collate, num_workers=config.num_workers)
+    out = np.empty(n, dtype=np.int64)
+    done = 0
+    bar: Any = task_bar(n, "evaluate", progress, unit="item")
+    model.eval()
+    for batch in loader:
+        with torch.autocast("cuda", dtype=torch.float16, enabled=config.amp and dev.type == "cuda"):
+            pred = model(model.backbone.to_device(batch, dev)).argmax(dim=1).cpu().numpy()
+        out[order[done : done + len(pred)]] = pred
+        done += len(pred)
+        if bar is not None:
+            bar.update(len(pred))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    labels = np.asarray(labels)
+    if pred.shape != labels.shape:
+        raise ValueError(f"{pred.shape[0]} predictions for {labels.shape[0]} labels")
+    return float((pred == labels).mean()) if labels.size else float("nan")
+
+
+def head_logits(head: nn.Linear, features: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+    """The linear head applied to cached features, chunk by chunk (memmaps larger than RAM)."""
+    w = head.weight.detach().float().cpu()
+    b = head.bias.detach().float().cpu()
+    out = np.empty((features.shape[0], w.shape[0]), dtype=np.float32)
+    with torch.inference_mode():
+        for s in range(0, features.shape[0], chunk_rows):
+            x = torch.from_numpy(np.asarray(features[s : s + chunk_rows], dtype=np.float32))
+            out[s : s + chunk_rows] = torch.addmm(b, x, w.t()).numpy()
+    return out
+
+
+def clone_backbone(model: Classifier) -> Backbone:
+    """A detached copy of a trained backbone (e.g. to extract refreshed features)."""
+    return copy.deepcopy(model.backbone).eval()

@@ -1,0 +1,108 @@
+"""The MLP proxy of SVPp/ASVP: a small classifier trained on cached features.
+
+Architecture and defaults follow the ASVP paper (section 6.1, appendix A): Linear → BatchNorm →
+ReLU → Linear with the hidden width equal to the feature dimension, SGD with momentum 0.9,
+50 epochs, learning rate 0.01, no weight decay, batch 2048 for training and 16384 for inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...core.arrays import chunked_rows
+from ...core.devices import torch_device
+from ...core.progress import task_bar
+from .seeding import seeded_torch
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    epochs: int = 50
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 2048
+    inference_batch_size: int = 16384
+    hidden: Optional[int] = None  # None: the feature dimension, as in the paper
+    device: str = "auto"
+
+
+class MLPProxy(nn.Module):
+    def __init__(self, in_dim: int, num_classes: int, hidden: Optional[int] = None) -> None:
+        super().__init__()
+        width = hidden or in_dim
+        self.embed = nn.Sequential(nn.Linear(in_dim, width), nn.BatchNorm1d(width), nn.ReLU())
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+def train_proxy(features: np.ndarray, labelled: np.ndarray, labels: np.ndarray, num_classes: int,
+                config: ProxyConfig = ProxyConfig(), *, seed: int = 0, progress: Optional[bool] = False) -> MLPProxy:
+    """Train the proxy on the cached features of the labelled rows (deterministic for a seed)."""
+    labelled = np.asarray(labelled, dtype=np.int64)
+    if labelled.size < 2:
+        raise ValueError(f"the proxy needs at least 2 labelled rows to train (BatchNorm), got {labelled.size}")
+    dev = torch_device(config.device)
+    order = np.argsort(labelled, kind="stable")  # sorted reads are faster on memmaps
+    x = torch.from_numpy(np.asarray(features[labelled[order]], dtype=np.float32)).to(dev)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64)[order], device=dev)
+    gen = torch.Generator().manual_seed(int(seed))
+    with seeded_torch(seed, dev):  # the layer initialisation, without touching the caller's RNG
+        model = MLPProxy(x.shape[1], num_classes, config.hidden).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    model.train()
+    bar: Any = task_bar(config.epochs, "proxy", progress, unit="epoch")
+    for _ in range(config.epochs):
+        perm = torch.randperm(x.shape[0], generator=gen).to(dev)
+        for batch in _batches(perm, config.batch_size):
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return model.eval()
+
+
+def _batches(perm: torch.Tensor, size: int) -> Any:
+    """Mini-batches of ``perm``; a trailing batch of one row joins the previous one (BatchNorm)."""
+    n = perm.shape[0]
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    for i, s in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else n
+        yield perm[s:end]
+
+
+@torch.inference_mode()
+def proxy_outputs(model: MLPProxy, features: np.ndarray, *, hidden: bool = True,
+                  hidden_out: Optional[np.ndarray] = None, batch_size: int = 16384) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Logits (N, C) float32 and, when ``hidden``, the hidden embedding (N, width) float16.
+
+    The pool is read chunk by chunk, so a memmap larger than RAM is fine; pass ``hidden_out``
+    (e.g. a float16 memmap) to keep the embedding out of memory too.
+    """
+    dev = next(model.parameters()).device
+    n = features.shape[0]
+    width = model.head.in_features
+    logits = np.empty((n, model.head.out_features), dtype=np.float32)
+    emb = None
+    if hidden:
+        emb = hidden_out if hidden_out is not None else np.empty((n, width), dtype=np.float16)
+    for rows in chunked_rows(n, features.shape[1], target_bytes=batch_size * features.shape[1] * 4):
+        x = torch.from_numpy(np.asarray(features[rows], dtype=np.float32)).to(dev)
+        h = model.embed(x)
+        logits[rows] = model.head(h).float().cpu().numpy()
+        if emb is not None:
+            emb[rows] = h.cpu().numpy().astype(emb.dtype, copy=False)
+    return logits, emb

@@ -1,0 +1,268 @@
+"""Trainers of the target model: fine-tuning (FT) and linear probing then fine-tuning (LP-FT).
+
+A :class:`Trainer` turns a :class:`TrainJob` (a fresh pre-trained backbone factory, the labelled
+rows and their labels) into a trained :class:`~.classifier.Classifier`. Trainers are registered by
+name (``training.mode`` in configs names one); knowledge distillation or AFT's feature prior plug
+in as further trainers through :func:`register_trainer`.
+
+The model is the backbone plus a linear head, trained with SGD (momentum 0.9) and separate
+learning rates for the head and the backbone (ASVP paper, appendix A), with a cosine schedule.
+LP-FT (Kumar et al. 2022) first fits the head alone on frozen features, then fine-tunes
+everything from that head; the linear-probe stage reads the feature cache when the backbone is
+the one the cache was built with, so it costs seconds, not epochs of backbone passes.
+Each training starts from the pre-trained weights and is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ...core.devices import torch_device
+from ...core.progress import task_bar
+from .backbones.base import Backbone
+from .classifier import Classifier
+from .seeding import seeded_torch
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the learning rates are too high for this model and data."""
+
+
+log = logging.getLogger("asvp_fast")
+
+# Linear-probe logits beyond this are a head that fine-tuning cannot recover from: its gradients
+# wreck the backbone (seen: EfficientNet-Lite0 features of norm ~60 with lp_lr 0.5 → chance level).
+_LP_LOGIT_WARN = 1000.0
+
+
+def _check_loss(loss: torch.Tensor, stage: str, epoch: int, lr_fields: str) -> None:
+    if not bool(torch.isfinite(loss)):
+        raise TrainingDiverged(f"{stage} diverged in epoch {epoch + 1}: the loss is {float(loss.detach())}; "
+                               f"lower {lr_fields} in the [training] config")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Target-model training; defaults follow the paper's CIFAR settings scaled to short runs."""
+
+    mode: str = "ft"
+    epochs: int = 10
+    head_lr: float = 0.1
+    backbone_lr: float = 0.01
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    batch_size: int = 128
+    lp_epochs: int = 10
+    lp_lr: float = 0.5
+    eval_batch_size: int = 512
+    amp: bool = True
+    frozen: Tuple[str, ...] = field(default_factory=tuple)
+    num_workers: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mode not in TRAINERS:
+            raise ValueError(f"training mode must be one of {sorted(TRAINERS)}, got {self.mode!r}")
+
+
+class _Labelled(Dataset):  # type: ignore[type-arg]
+    """Pool items of the labelled rows, paired with their labels."""
+
+    def __init__(self, pool: Any, rows: np.ndarray, labels: np.ndarray) -> None:
+        self.pool, self.rows, self.labels = pool, rows, labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Tuple[Any, int]:
+        return self.pool[int(self.rows[i])], int(self.labels[i])
+
+
+class _CollateWithLabels:
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+
+    def __call__(self, items: List[Tuple[Any, int]]) -> Tuple[Any, torch.Tensor]:
+        return self.collate([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
+
+
+@dataclass
+class TrainJob:
+    """Everything a trainer needs: fresh pre-trained weights, the data and the labelled rows.
+
+    ``lp_features``: the cached pre-trained features of the pool (a linear probe reads them instead
+    of running the backbone); ``seed`` makes the training deterministic.
+    """
+
+    make_backbone: Callable[[], Backbone]
+    pool: Any
+    collate: Any
+    rows: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    config: TrainConfig
+    seed: int
+    lp_features: Optional[np.ndarray] = None
+    progress: Optional[bool] = None
+
+
+class Trainer(ABC):
+    """Trains the target model of a round (see :func:`register_trainer`)."""
+
+    @abstractmethod
+    def train(self, job: TrainJob) -> Classifier:
+        """A :class:`Classifier` trained on ``job.rows``; deterministic for ``job.seed``."""
+
+
+class FineTune(Trainer):
+    """FT: backbone and head trained together (SGD, separate learning rates, cosine schedule)."""
+
+    def train(self, job: TrainJob) -> Classifier:
+        return _train(job, linear_probe_first=False)
+
+
+class LinearProbeThenFineTune(Trainer):
+    """LP-FT (Kumar et al. 2022): the head fitted alone on frozen features, then FT from it."""
+
+    def train(self, job: TrainJob) -> Classifier:
+        return _train(job, linear_probe_first=True)
+
+
+TRAINERS: Dict[str, Callable[[], Trainer]] = {"ft": FineTune, "lp-ft": LinearProbeThenFineTune}
+
+
+def register_trainer(name: str, factory: Callable[[], Trainer]) -> None:
+    """Make a trainer available as ``training.mode = name`` (and as a method's ``training``)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a trainer name must be a non-empty string, got {name!r}")
+    TRAINERS[name] = factory
+
+
+def make_trainer(name: str) -> Trainer:
+    try:
+        return TRAINERS[name]()
+    except KeyError:
+        raise ValueError(f"unknown training mode {name!r}; registered: {sorted(TRAINERS)}") from None
+
+
+def train_classifier(
+    make_backbone: Any,
+    pool: Any,
+    collate: Any,
+    rows: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    config: TrainConfig,
+    *,
+    seed: int,
+    lp_features: Optional[np.ndarray] = None,
+    progress: Optional[bool] = None,
+) -> Classifier:
+    """Train backbone + head on the labelled ``rows`` of ``pool`` with the trainer ``config.mode``."""
+    job = TrainJob(make_backbone, pool, collate, np.asarray(rows, dtype=np.int64), np.asarray(labels, dtype=np.int64),
+                   num_classes, config, seed, lp_features, progress)
+    return make_trainer(config.mode).train(job)
+
+
+def _train(job: TrainJob, *, linear_probe_first: bool) -> Classifier:
+    config, rows, labels, seed = job.config, job.rows, job.labels, job.seed
+    if rows.size == 0:
+        raise ValueError("cannot train on an empty labelled set")
+    dev = torch_device(config.device)
+    # The global RNG is seeded inside a fork: the head's initialisation and the backbone's dropout
+    # are reproducible, and the caller's RNG state is left as it was.
+    with seeded_torch(seed, dev):
+        model = Classifier(job.make_backbone(), job.num_classes).to(dev)
+        for name, p in model.backbone.named_parameters():
+            # backbone_lr = 0 freezes the backbone outright: no gradients are computed for it
+            p.requires_grad_(config.backbone_lr > 0 and not any(name.startswith(f) for f in config.frozen))
+        if linear_probe_first:
+            feats = (job.lp_features[rows] if job.lp_features is not None
+                     else _live_features(model.backbone, job.pool, job.collate, rows, config, dev))
+            _linear_probe(model.head, np.asarray(feats, dtype=np.float32), labels, config, seed=seed, device=dev)
+        _fine_tune(model, job.pool, job.collate, rows, labels, config, seed=seed, device=dev, progress=job.progress)
+    return model.eval()
+
+
+def _linear_probe(head: nn.Linear, feats: np.ndarray, labels: np.ndarray, config: TrainConfig, *, seed: int,
+                  device: torch.device) -> None:
+    x = torch.from_numpy(feats).to(device)
+    y = torch.from_numpy(labels).to(device)
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    opt = torch.optim.SGD(head.parameters(), lr=config.lp_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    steps = config.lp_epochs * math.ceil(len(y) / config.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    for epoch in range(config.lp_epochs):
+        perm = torch.randperm(len(y), generator=gen).to(device)
+        for s in range(0, len(y), config.batch_size):
+            b = perm[s : s + config.batch_size]
+            loss = nn.functional.cross_entropy(head(x[b]), y[b])
+            _check_loss(loss, "the linear probe (LP-FT)", epoch, "training.lp_lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        largest = float(head(x).abs().max())
+    if largest > _LP_LOGIT_WARN:
+        log.warning("the linear probe (LP-FT) ends with logits up to %.0f on features of mean norm %.1f: fine-tuning "
+                    "from such a head usually collapses; lower training.lp_lr (now %g) roughly in proportion to the "
+                    "squared feature norm", largest, float(x.norm(dim=1).mean()), config.lp_lr)
+
+
+def _fine_tune(model: Classifier, pool: Any, collate: Any, rows: np.ndarray, labels: np.ndarray, config: TrainConfig,
+               *, seed: int, device: torch.device, progress: Optional[bool]) -> None:
+    if config.epochs <= 0:
+        return
+    head_params = list(model.head.parameters())
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    groups = [{"params": head_params, "lr": config.head_lr}]
+    if backbone_params:
+        groups.append({"params": backbone_params, "lr": config.backbone_lr})
+    opt = torch.optim.SGD(groups, lr=config.head_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(int(seed) + 2)
+    loader = DataLoader(_Labelled(pool, rows, labels), batch_size=config.batch_size, shuffle=True, generator=gen,
+                        collate_fn=_CollateWithLabels(collate), num_workers=config.num_workers,
+                        pin_memory=device.type == "cuda")
+    steps = config.epochs * len(loader)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    bar: Any = task_bar(steps, "fine-tune", progress, unit="step")
+    model.train()
+    for epoch in range(config.epochs):
+        for batch, y in loader:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                loss = nn.functional.cross_entropy(model(model.backbone.to_device(batch, device)), y.to(device))
+            if not use_amp:  # with AMP the scaler skips steps whose gradients overflow
+                _check_loss(loss, "fine-tuning", epoch, "training.head_lr / training.backbone_lr")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    model.eval()
+
+
+@torch.inference_mode()
+def _live_features(backbone: Backbone, pool: Any, collate: Any, rows: np.ndarray, config: TrainConfig,
+                   device: torch.device) -> np.ndarray:
+    backbone.eval()
+    loader = DataLoader(Subset(pool, rows.tolist()), batch_size=config.eval_batch_size, shuffle=False,
+                        collate_fn=collate, num_workers=config.num_workers)
+    return torch.cat([backbone(backbone.to_device(b, device)).float().cpu() for b in loader]).numpy()
+
+
