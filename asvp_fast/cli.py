@@ -12,7 +12,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="asvp-fast", description="Fast active learning for fine-tuning pre-trained models.")
     parser.add_argument("--version", action="store_true", help="print the version and the available back ends")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("bench", help="the acquisition benchmark suite (asvp-fast bench --help)", add_help=False)
+    sub.add_parser("bench", help="the benchmark suite, from a source checkout (asvp-fast bench --help)", add_help=False)
     sub.add_parser("backends", help="print what this installation can run on")
     run_p = sub.add_parser("run", help="a configured active-learning run (TOML or YAML), resumable")
     run_p.add_argument("config", help="the run configuration (.toml, .yaml)")
@@ -40,9 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{key}: {value}")
         return 0
     if args.command == "bench":
-        from .benchmarks.acquisition import main as bench_main
-
-        return bench_main(rest)
+        return _bench(rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     if args.command == "run":
@@ -66,6 +64,38 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0 if not argv else 2
 
 
+def _bench_entry() -> "Optional[object]":
+    """bench/run.py of a source checkout: beside the package's folder (an in-tree or editable
+    install), else in the working directory. The benchmark is not part of the wheel."""
+    from pathlib import Path
+
+    for folder in (Path(__file__).resolve().parent.parent / "bench", Path.cwd() / "bench"):
+        entry = folder / "run.py"
+        try:
+            if entry.is_file() and 'BENCH_OF = "asvp_fast"' in entry.read_text(encoding="utf-8"):
+                return entry
+        except OSError:
+            continue
+    return None
+
+
+def _bench(argv: List[str]) -> int:
+    import importlib.util
+
+    entry = _bench_entry()
+    if entry is None:
+        print("asvp-fast bench: the benchmark is not part of the installed package; it lives in the bench/ folder "
+              "of the source repository. Clone the asvp_fast repository, install it from there "
+              "(pip install '.[bench]') and run `asvp-fast bench` (or `python bench/run.py`) from the repository root.",
+              file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location("asvp_fast_bench_run", str(entry))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return int(module.main(argv))  # type: ignore[attr-defined]
+
+
 def _load(path: "object") -> "object":
     from .loop.engine.config import load_config
 
@@ -81,12 +111,13 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
     from pathlib import Path
 
     try:
-        from .loop.storage.cache import CacheError
+        from .loop.api import run, run_seeds
         from .loop.engine.config import ConfigError
         from .loop.engine.oracle import LabelsPending, OracleError
-        from .loop.engine.runner import run
         from .loop.engine.state import StateError
-        from .loop.models.training import TrainingDiverged
+        from .loop.models.trainers import TrainingDiverged
+        from .loop.reporting import study
+        from .loop.storage.cache import CacheError
     except ImportError as exc:
         print(f"asvp-fast: the active-learning loop needs PyTorch and the demo models: pip install 'asvp-fast[demo]' ({exc})",
               file=sys.stderr)
@@ -101,9 +132,7 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
         if seeds is None:
             run(config, out, resume=resume, progress=progress)
         else:
-            from .loop import study
-
-            states = study.run_seeds(config, seeds, out, progress=progress)  # type: ignore[arg-type]
+            states = run_seeds(config, seeds, out, progress=progress)  # type: ignore[arg-type]
             written = study.write_summary(study.collect(config, states), config, out, command=command, title=title,  # type: ignore[arg-type]
                                           traces=study.traces(config, states, out))  # type: ignore[arg-type]
             print(written["markdown"])
@@ -133,6 +162,10 @@ def _demo(args: "argparse.Namespace") -> int:
 
     out = Path(args.output)
     if args.fresh and out.exists():
+        if not _is_run_dir(out):
+            print(f"asvp-fast: --fresh deletes the demo's run directory, and {out} is not one (no state.json and "
+                  f"config.json); choose another --output or remove it yourself", file=sys.stderr)
+            return 2
         shutil.rmtree(out)
     text = resources.files("asvp_fast").joinpath("configs/demo.toml").read_text(encoding="utf-8")
 
@@ -144,6 +177,16 @@ def _demo(args: "argparse.Namespace") -> int:
     print(f"asvp-fast demo: random vs SVPp vs standard AL vs ASVP, margin sampling, WordNet noun glosses + all-MiniLM-L6-v2 "
           f"(2 CPU cores: about 8 minutes); results in {out}/")
     return _run_loop(get_config, out, resume=(out / "state.json").exists(), progress=False if args.no_progress else None)
+
+
+def _is_run_dir(path: "object") -> bool:
+    """A directory a run wrote: its state and config files are there, and nothing else is a surprise."""
+    from pathlib import Path
+
+    p = Path(str(path))
+    if not p.is_dir() or p.is_symlink():
+        return False
+    return (p / "state.json").is_file() and (p / "config.json").is_file()
 
 
 if __name__ == "__main__":

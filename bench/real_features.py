@@ -36,7 +36,7 @@ def report(case, feats: np.ndarray, ks) -> None:
     labelled = np.random.default_rng(0).choice(len(feats), 200, replace=False)
     proxy = train_proxy(feats, labelled, case.pool_labels[labelled], case.num_classes, ProxyConfig(), seed=0)
     logits, hidden = proxy_outputs(proxy, feats)
-    print(f"| case | method | k | skipped | seconds |\n|---|---|---:|---:|---:|")
+    print("| case | method | k | skipped | seconds |\n|---|---|---:|---:|---:|")
     runs = (("kcenter", feats, {}), ("kmeans_pp", feats, {}), ("badge", hidden, {"x": logits, "from_logits": True}))
     for method, space, kwargs in runs:
         for k in ks:

@@ -50,6 +50,7 @@ struct DiversityStats {
   int bad_problem = 0;             // BADGE: 1 non-finite scores, 2 non-finite features,
                                    // 3 probabilities outside [0, 1], 4 not summing to 1
   bool cancelled = false;
+  bool no_candidate = false;       // a pick found no row left (the caller's k check failed)
 };
 
 // CPU path: the best SIMD variant this processor supports (see cpu_features.h).

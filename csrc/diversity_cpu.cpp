@@ -420,6 +420,24 @@ class Engine {
   // Marks rows that may not be picked (and need no updates).
   void exclude(int64_t row) { r_[static_cast<size_t>(row)] = kNotCandidate; }
 
+  // The lowest candidate row holding NaN/Inf (or a value beyond the float32 range), or -1. For
+  // runs without an update pass (one pick, no labelled rows), which would otherwise read only
+  // the row they pick and accept bad rows elsewhere that any larger k rejects.
+  int64_t first_bad_candidate() {
+    std::atomic<int64_t> bad{-1};
+#pragma omp parallel for num_threads(threads_) schedule(dynamic, 1)
+    for (int64_t b = 0; b < blocks_; ++b) {
+      float* s = scratch_[static_cast<size_t>(omp_get_thread_num())].data();
+      for (int64_t i = b * kSampleBlock; i < std::min(n_, (b + 1) * kSampleBlock); ++i) {
+        if (r_[static_cast<size_t>(i)] >= 0.0f && !m_.row_finite(i, s)) {
+          record_bad(bad, i);
+          break;  // later rows of this block cannot be lower
+        }
+      }
+    }
+    return bad.load();
+  }
+
   void aggregate_all() {
 #pragma omp parallel for num_threads(threads_) schedule(static)
     for (int64_t b = 0; b < blocks_; ++b) aggregate(b);
@@ -651,6 +669,12 @@ void run(const DiversityParams& p, DiversityStats& st, Engine<Metric>& engine, b
     if (t > 0 || has_centres) {
       row = p.method == DiversityMethod::KCenter ? engine.farthest() : engine.d2_sample(uniform01(p.seed, static_cast<uint64_t>(t)));
     }
+    // Unreachable when the caller checked k against the rows that may be picked; a guard
+    // all the same, since a missing row (-1) would index out of bounds below.
+    if (row < 0 || row >= p.features.shape[0]) {
+      st.no_candidate = true;
+      return;
+    }
     picks[t] = row;
     if (pick_distance) pick_distance[t] = engine.r()[static_cast<size_t>(row)];
     engine.add_centre(row, t, t + 1 < p.k, !validated);
@@ -688,10 +712,14 @@ void run_euclidean(const DiversityParams& p, DiversityStats& st) {
   const int64_t first = L > 0 ? -1 : engine.nth_candidate(scale_to_count(uniform01(p.seed, 0), engine.candidate_count()));
   if (first >= 0) {
     std::vector<float> s(static_cast<size_t>(metric.scratch_size()));
-    if (!metric.row_finite(first, s.data())) {
-      st.bad_row = first;
-      return;
+    if (p.k == 1) {
+      // No update pass follows, so check every row that could have been picked (the pick
+      // included), naming the lowest bad one as the update pass of a larger k would.
+      st.bad_row = engine.first_bad_candidate();
+    } else if (!metric.row_finite(first, s.data())) {
+      st.bad_row = first;  // the first pass reads the other rows
     }
+    if (st.bad_row >= 0) return;
   }
   run(p, st, engine, L > 0, first);
 }

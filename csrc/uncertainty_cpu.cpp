@@ -101,10 +101,10 @@ void reduce_logit_row_pass2(const A* v, int64_t C, RowStats<A>& s) {
   const A m = s.max1;
   int64_t c = 0;
   auto push = [&](int j, A z) {
-    const A d = z - m;
-    const A e = exp_approx(d);
+    A e, e_times_gap;
+    softmax_terms(z, m, e, e_times_gap);
     l.sum[j] += e;
-    if (Entropy) l.aux[j] += e * d;
+    if (Entropy) l.aux[j] += e_times_gap;
   };
   for (; c + kLanes <= C; c += kLanes)
     for (int j = 0; j < kLanes; ++j) push(j, v[c + j]);

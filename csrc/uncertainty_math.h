@@ -21,11 +21,14 @@ template <> struct Limits<float> {
   ASVP_HD static float lowest() { return -FLT_MAX; }
   ASVP_HD static float highest() { return FLT_MAX; }
   ASVP_HD static float tiny() { return FLT_MIN; }
+  // Below this exponent e^x is under FLT_MIN (and exp_approx clamps its argument here).
+  ASVP_HD static float exp_floor() { return -87.0f; }
 };
 template <> struct Limits<double> {
   ASVP_HD static double lowest() { return -DBL_MAX; }
   ASVP_HD static double highest() { return DBL_MAX; }
   ASVP_HD static double tiny() { return DBL_MIN; }
+  ASVP_HD static double exp_floor() { return -708.0; }  // e^-708 is just above DBL_MIN
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -152,13 +155,31 @@ ASVP_HD void push_logit_pass1(RowStats<A>& s, A z) {
   s.nonfinite += nonfinite_term(z);
 }
 
+// The softmax terms of one logit z of a row whose maximum is m: e = e^(z - m), added to the
+// partition sum Z, and e * (z - m), added to the entropy's sum (H = ln Z - sum e (z - m) / Z).
+//
+// A term whose exponential is below the smallest normal number contributes exactly 0 to both.
+// Without that rule the product would multiply a huge gap by a tiny (clamped) exponential:
+// z - m = -1e38 gave e ~ 1.6e-38 (exp_approx's clamp at -87) and e * d ~ -1.6 per column, so a
+// confident row [1e38, 0, ..., 0] scored an entropy of 103.7 instead of 0; and a gap past the
+// float range (d = -inf) gave 0 * -inf = NaN or inf. The true contribution, e^d |d| < 1.5e-36
+// for d < -87 (1e-305 in double), is far below the float32 result's resolution (Z >= 1).
+// Branch-free selects, so the CPU loops still vectorise.
+template <class A>
+ASVP_HD void softmax_terms(A z, A m, A& e, A& e_times_gap) {
+  const A d = z - m;
+  const bool kept = d >= Limits<A>::exp_floor();  // false for d = -inf as well
+  e = kept ? exp_approx(d) : A(0);
+  e_times_gap = kept ? e * d : A(0);
+}
+
 // One element of a logit row, pass 2 (after the row maximum m is known): the stable softmax terms.
 template <class A>
 ASVP_HD void push_logit_pass2(RowStats<A>& s, A z, A m, bool want_entropy) {
-  const A d = z - m;
-  const A e = exp_approx(d);
+  A e, e_times_gap;
+  softmax_terms(z, m, e, e_times_gap);
   s.sum += e;
-  if (want_entropy) s.aux += e * d;
+  if (want_entropy) s.aux += e_times_gap;
 }
 
 // ---------------------------------------------------------------------------------------------

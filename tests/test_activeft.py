@@ -13,8 +13,9 @@ F = torch.nn.functional
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from asvp_fast.loop import activeft as aft  # noqa: E402
-from asvp_fast.acquisition.activeft import activeft_select  # noqa: E402
+from asvp_fast.acquisition import activeft as aft  # noqa: E402
+from asvp_fast.acquisition import activeft_pool as pool  # noqa: E402
+from asvp_fast.acquisition.activeft import LossNotFiniteError, activeft_select  # noqa: E402
 
 NO_LABELS = np.empty(0, dtype=np.int64)
 
@@ -85,7 +86,7 @@ def reference_loss(params, x, fixed=None, balance=1.0, temperature=0.07):
 
 
 def normalised(x):
-    return aft._normalised_float32(x)
+    return pool.normalised_float32(x)
 
 
 def options(iterations=300, lr=1e-3, balance=1.0, batch_size=None, seed=0, temperature=0.07):
@@ -126,7 +127,7 @@ def assignment_cases(draw):
 @given(case=assignment_cases())
 def test_assignment_matches_brute_force(backend, case):
     x, centroids, excluded, m = case
-    assigned, order = aft._unique_nearest_assignment(x, centroids, excluded, initial_candidates=m, backend=backend)
+    assigned, order = pool.unique_nearest_assignment(x, centroids, excluded, initial_candidates=m, backend=backend)
     want_assigned, want_order = reference_assignment(x, centroids, excluded)
     np.testing.assert_array_equal(order, want_order)
     np.testing.assert_array_equal(assigned, want_assigned)
@@ -146,14 +147,14 @@ def test_assignment_many_collisions_needs_several_rounds(backend, monkeypatch):
     excluded[rng.choice(3000, 400, replace=False)] = True
 
     searches = []
-    real_top = aft._top_candidates
+    real_top = pool.top_candidates
 
     def counting_top(queries, rows, m, which):
         searches.append((queries.shape[0], m))
         return real_top(queries, rows, m, which)
 
-    monkeypatch.setattr(aft, "_top_candidates", counting_top)
-    assigned, order = aft._unique_nearest_assignment(x, centroids, excluded, initial_candidates=4, backend=backend)
+    monkeypatch.setattr(pool, "top_candidates", counting_top)
+    assigned, order = pool.unique_nearest_assignment(x, centroids, excluded, initial_candidates=4, backend=backend)
     want_assigned, want_order = reference_assignment(x, centroids, excluded)
     np.testing.assert_array_equal(order, want_order)
     np.testing.assert_array_equal(assigned, want_assigned)
@@ -358,9 +359,9 @@ def test_float16_memmap_equals_float32_array(tmp_path):
 
 def test_normalisation_is_chunk_independent(monkeypatch):
     x = np.random.default_rng(2).standard_normal((1000, 24)).astype(np.float16)
-    whole = aft._normalised_float32(x)
-    monkeypatch.setattr(aft, "_NORMALISE_CHUNK_BYTES", 24 * 8 * 7)  # 7 rows per block
-    np.testing.assert_array_equal(aft._normalised_float32(x), whole)
+    whole = pool.normalised_float32(x)
+    monkeypatch.setattr(pool, "NORMALISE_CHUNK_BYTES", 24 * 8 * 7)  # 7 rows per block
+    np.testing.assert_array_equal(pool.normalised_float32(x), whole)
     np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, rtol=1e-6)
 
 
@@ -369,9 +370,13 @@ def test_torch_input(dtype):
     x, _ = blobs(12, per=20)
     x = x.astype(dtype)
     want = activeft_select(x, 10, iterations=30, device="cpu")
+    assert isinstance(want, np.ndarray) and want.dtype == np.int64
     got = activeft_select(torch.from_numpy(x), 10, iterations=30, labeled=torch.tensor([], dtype=torch.long))
-    assert isinstance(got, np.ndarray) and got.dtype == np.int64
-    np.testing.assert_array_equal(got, want)
+    # outputs follow the input: a tensor on the input's device
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.int64 and got.device.type == "cpu"
+    np.testing.assert_array_equal(got.numpy(), want)
+    empty = activeft_select(torch.from_numpy(x), 0)
+    assert isinstance(empty, torch.Tensor) and empty.dtype == torch.int64 and empty.shape == (0,)
 
 
 def test_bfloat16_input():
@@ -451,7 +456,7 @@ def test_k_zero_returns_an_empty_int64_array():
     [
         (11, None, r"k=11 is larger than the 10 rows that may be picked \(10 rows\)"),
         (8, [0, 1, 2], r"k=8 is larger than the 7 rows that may be picked \(10 rows, 3 labelled\)"),
-        (-1, None, "k must be >= 0"),
+        (-1, None, "k must be non-negative"),
     ],
 )
 def test_bad_k(k, labeled, message):
@@ -488,9 +493,9 @@ def test_zero_norm_row_is_named():
         ([0, 10], ValueError, r"labeled contains index 10, outside \[0, 10\)"),
         ([-1], ValueError, "labeled contains index -1"),
         ([2, 3, 2], ValueError, "labeled contains index 2 more than once"),
-        (np.zeros(9, dtype=bool), ValueError, r"labeled mask has length 9, expected one entry per row \(10\)"),
+        (np.zeros(9, dtype=bool), ValueError, r"labeled mask has length 9, expected one entry per row of features \(10\)"),
         (np.zeros((2, 2), dtype=np.int64), ValueError, "labeled must be a 1-D"),
-        ([0.5], TypeError, "labeled must hold integer row indices"),
+        ([0.5], TypeError, "labeled must be a bool mask or an integer index array, got dtype float64"),
     ],
 )
 def test_bad_labeled(labeled, error, message):
@@ -536,24 +541,57 @@ def test_bad_options(kwargs, error, message):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
-def test_cuda_without_cuda():
-    with pytest.raises(ValueError, match="CUDA is not available"):
-        activeft_select(np.ones((10, 3), dtype=np.float32), 2, device="cuda")
+# ids without the bare word "cuda": conftest skips items carrying that keyword
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"], ids=["default-gpu", "gpu-0"])
+def test_unusable_gpu_is_a_runtime_error(device):
+    with pytest.raises(RuntimeError, match=f"device='{device}' is not usable here"):
+        activeft_select(np.ones((10, 3), dtype=np.float32), 2, device=device)
 
 
 def test_diverging_loss_is_reported():
     x, _ = blobs(16, per=5)
     with pytest.raises(FloatingPointError, match="use a larger temperature"):
         activeft_select(x, 4, temperature=1e-40, iterations=3, device="cpu")
+    # the same error is a ValueError too: the caller's arguments caused it
+    with pytest.raises(ValueError, match="use a larger temperature"):
+        activeft_select(x, 4, temperature=1e-40, iterations=3, device="cpu")
+    assert issubclass(LossNotFiniteError, FloatingPointError) and issubclass(LossNotFiniteError, ValueError)
+
+
+def test_too_many_iterations_is_an_error_not_a_hang():
+    with pytest.raises(ValueError, match=f"iterations must be <= {aft.MAX_ITERATIONS}"):
+        activeft_select(np.ones((10, 3), dtype=np.float32), 2, iterations=10**9)
+
+
+def test_threads_are_restored_and_do_not_change_picks():
+    import faiss
+
+    x, _ = blobs(17, per=10)
+    torch_before, faiss_before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    want = activeft_select(x, 6, iterations=20, device="cpu")
+    for threads in (1, 2, 10**6):
+        np.testing.assert_array_equal(activeft_select(x, 6, iterations=20, device="cpu", threads=threads), want)
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (torch_before, faiss_before)
+
+
+def test_extreme_but_finite_rows_are_normalised():
+    # The squared norm of these rows under- or overflows float64; their direction is still defined.
+    x = np.random.default_rng(18).standard_normal((40, 5))
+    scaled = x.copy()
+    scaled[3] *= 1e300
+    scaled[7] *= 1e-300
+    copy = pool.normalised_float32(scaled)
+    np.testing.assert_allclose(copy, pool.normalised_float32(x), rtol=1e-6)
+    assert np.isfinite(copy).all()
 
 
 def test_assignment_rejects_non_finite_centroids():
     x = np.eye(4, dtype=np.float32)
     with pytest.raises(ValueError, match="finite"):
-        aft._unique_nearest_assignment(x, np.full((2, 4), np.nan, dtype=np.float32))
+        pool.unique_nearest_assignment(x, np.full((2, 4), np.nan, dtype=np.float32))
 
 
 def test_working_copy_that_does_not_fit(monkeypatch):
-    monkeypatch.setattr(aft, "_available_memory", lambda: 1000)
+    monkeypatch.setattr(pool, "available_memory", lambda: 1000)
     with pytest.raises(MemoryError, match="float32 working copy"):
         activeft_select(np.ones((100, 8), dtype=np.float16), 2)

@@ -155,24 +155,47 @@ def test_threads_and_repeats_give_the_same_result(method, rng):
 @pytest.mark.parametrize("isa", _C.build_info()["supported_isas"])
 def test_every_cpu_variant_is_greedy(isa):
     x = make_points(13, 1500, 33, "clustered", np.float16)
+    previous = _C.build_info()["isa"]
     try:
         _C.set_isa(isa)
+        assert _C.build_info()["isa"] == isa
         picks = af.kcenter_greedy(x, 50, seed=1)
         chosen = af.badge(np.full((1500, 3), 1 / 3, np.float32), x, 10)
     finally:
-        _C.set_isa(af.backends()["cpu_isas"][-1])
+        _C.set_isa(previous)  # the variant in use before, not a guess at the default
+    assert _C.build_info()["isa"] == previous
     assert_greedy(x, picks)
     assert len(np.unique(chosen)) == 10
 
 
-@pytest.mark.parametrize("backend", ["numpy", "faiss"])
-def test_nearest_labelled_backends_agree(backend, rng):
-    if backend == "faiss":
-        pytest.importorskip("faiss")
+@pytest.mark.parametrize("backend", ["numpy", "faiss", "torch"])
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["numpy-input", "tensor-input"])
+def test_nearest_labelled_backends_agree(backend, as_tensor, rng):
+    # Every backend takes every input (regression: "torch" on numpy input raised AttributeError).
+    if backend != "numpy":
+        pytest.importorskip(backend)
     x = make_points(17, 2000, 20, "clustered")
     labeled = rng.choice(2000, 300, replace=False)
-    direct = diversity_select("kcenter", x, 30, labeled=labeled, nearest_backend=backend)
-    assert_greedy(x, direct.indices, labeled)
+    expected = diversity_select("kcenter", x, 30, labeled=labeled, nearest_backend="numpy")
+    features = x
+    if as_tensor:
+        features = pytest.importorskip("torch").from_numpy(x)
+    direct = diversity_select("kcenter", features, 30, labeled=labeled, nearest_backend=backend)
+    np.testing.assert_array_equal(np.asarray(direct.indices), expected.indices)
+    assert_greedy(x, expected.indices, labeled)
+
+
+def test_nearest_labelled_search_restores_thread_settings(rng):
+    faiss = pytest.importorskip("faiss")
+    torch = pytest.importorskip("torch")
+    x = make_points(18, 1000, 8, "clustered")
+    labeled = rng.choice(1000, 50, replace=False)
+    before = (faiss.omp_get_max_threads(), torch.get_num_threads())
+    want = af.kcenter_greedy(x, 10, labeled=labeled)
+    for backend in ("faiss", "numpy", "torch"):
+        got = diversity_select("kcenter", x, 10, labeled=labeled, threads=1, nearest_backend=backend)
+        np.testing.assert_array_equal(got.indices, want)
+        assert (faiss.omp_get_max_threads(), torch.get_num_threads()) == before, backend
 
 
 # --- k-means++ -------------------------------------------------------------------------------------
@@ -327,6 +350,23 @@ def test_strided_memmap_and_torch_inputs_give_identical_picks(tmp_path, rng):
     np.testing.assert_array_equal(af.kcenter_greedy(x.astype(np.float32), 50, seed=2), expected)
 
 
+@pytest.mark.parametrize("method", ["kcenter", "kmeans_pp", "badge"])
+def test_torch_input_gives_torch_indices_and_distances(method, rng):
+    torch = pytest.importorskip("torch")
+    x = make_points(20, 500, 6, "gaussian")
+    p = rng.dirichlet(np.ones(4), 500).astype(np.float32)
+    want = diversity_select(method, x, 12, x=p, seed=3)
+    got = diversity_select(method, torch.from_numpy(x), 12, x=torch.from_numpy(p), seed=3)
+    assert isinstance(want.indices, np.ndarray) and isinstance(want.distances, np.ndarray)
+    assert want.indices.dtype == np.int64 and want.distances.dtype == np.float32
+    for value, dtype in ((got.indices, torch.int64), (got.distances, torch.float32)):
+        assert isinstance(value, torch.Tensor) and value.dtype == dtype and value.device.type == "cpu"
+    np.testing.assert_array_equal(got.indices.numpy(), want.indices)
+    np.testing.assert_array_equal(got.distances.numpy(), want.distances)
+    empty = diversity_select(method, torch.from_numpy(x), 0, x=torch.from_numpy(p))
+    assert isinstance(empty.distances, torch.Tensor) and empty.distances.shape == (0,)
+
+
 def test_k_zero_and_all_rows():
     x = make_points(1, 30, 3, "gaussian")
     assert af.kcenter_greedy(x, 0).shape == (0,)
@@ -380,6 +420,70 @@ def test_errors_name_the_problem(rng):
         af.kmeans_pp(x, 2, seed="a")
     with pytest.raises(ValueError, match="exclude"):
         af.kmeans_pp(x, 2, exclude=[200])
+
+
+@pytest.mark.parametrize("method", ["kcenter", "kmeans_pp"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_k_one_checks_every_row(method, bad):
+    # Regression: with k=1 and no labelled rows there is no update pass, so a NaN/Inf row was
+    # only noticed when it happened to be the first pick; every row the run may pick is checked.
+    x = make_points(21, 3000, 5, "gaussian")
+    x[2345, 1] = bad
+    x[2900, 0] = bad
+    for seed in range(5):
+        with pytest.raises(ValueError, match="row 2345 of features contains NaN or Inf"):
+            diversity_select(method, x, 1, seed=seed)
+    # an excluded bad row is not read, as for larger k
+    mask = np.zeros(3000, bool)
+    mask[[2345, 2900]] = True
+    assert not mask[diversity_select(method, x, 1, exclude=mask).indices].any()
+
+
+@pytest.mark.parametrize("threads", [1024, 10**6, 2**31, 2**63])
+def test_huge_thread_counts_are_clamped(threads, rng):
+    # Regression: threads=10**6 crashed (libgomp ran out of stack); 2**31 leaked a pybind11 error.
+    x = make_points(22, 300, 4, "gaussian")
+    p = rng.dirichlet(np.ones(3), 300).astype(np.float32)
+    for method in ("kcenter", "kmeans_pp", "badge"):
+        want = diversity_select(method, x, 5, x=p, seed=1, threads=1).indices
+        np.testing.assert_array_equal(diversity_select(method, x, 5, x=p, seed=1, threads=threads).indices, want)
+
+
+def test_labelled_and_excluded_rows_are_counted_once():
+    x = make_points(23, 10, 2, "gaussian")
+    # rows 0-4 are both labelled and excluded: 5 rows remain, not 0
+    result = diversity_select("kcenter", x, 5, labeled=range(5), exclude=np.arange(5))
+    assert sorted(result.indices.tolist()) == [5, 6, 7, 8, 9]
+    with pytest.raises(ValueError, match=r"k=6 is larger than the 5 rows that may be picked \(10 rows, 5 labelled, 5 excluded\)"):
+        diversity_select("kcenter", x, 6, labeled=range(5), exclude=np.arange(5))
+
+
+@pytest.mark.parametrize("bad_kwargs, error, name", [
+    ({"threads": 0}, ValueError, "threads"),
+    ({"threads": -1}, ValueError, "threads"),
+    ({"threads": 2.0}, TypeError, "threads"),
+    ({"threads": "2"}, TypeError, "threads"),
+    ({"seed": 1.5}, TypeError, "seed"),
+    ({"device": "tpu"}, ValueError, "device"),
+    ({"device": 5}, TypeError, "device"),
+    ({"progress": "yes"}, TypeError, "progress"),
+    ({"prune": "False"}, TypeError, "prune"),
+    ({"validate": "False"}, TypeError, "validate"),
+    ({"from_logits": "False"}, TypeError, "from_logits"),
+    ({"nearest_backend": ["faiss"]}, TypeError, "nearest_backend"),
+    ({"nearest_backend": "scipy"}, ValueError, "nearest_backend"),
+    ({"labeled": "0,1"}, TypeError, "labeled"),
+    ({"exclude": [[0, 1], [2]]}, TypeError, "exclude"),
+])
+def test_bad_options_name_the_argument(bad_kwargs, error, name, rng):
+    x = make_points(24, 50, 3, "gaussian")
+    with pytest.raises(error, match=name):
+        diversity_select("kcenter", x, 3, **bad_kwargs)
+
+
+def test_badge_without_x_is_a_type_error():
+    with pytest.raises(TypeError, match="BADGE needs x"):
+        diversity_select("badge", make_points(25, 20, 3, "gaussian"), 2)
 
 
 def test_an_exception_in_the_progress_callback_cancels_the_run(rng):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -9,9 +10,13 @@ import numpy as np
 import pytest
 
 from asvp_fast import cli
-from asvp_fast.benchmarks import acquisition as bench
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+# bench/ is on pytest's path (pyproject.toml): the benchmark harness and its suites.
+import run as bench
+import uncertainty as ubench
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def test_readme_quick_start_runs():
@@ -36,21 +41,35 @@ def test_cli_unknown_command_fails():
 @pytest.mark.parametrize("kind,dtype,logits", [("margin", "float32", False), ("entropy", "float16", True)])
 def test_benchmark_case_runs_and_agrees(kind, dtype, logits):
     pytest.importorskip("psutil")
-    case = bench.Case("tiny", 3000, 40, dtype, logits, kind, 50)
-    rows = bench.run_case(case, threads=0, bandwidth=1e10, repeat=1, with_torch=False)
+    case = ubench.Case("tiny", 3000, 40, dtype, logits, kind, 50)
+    rows = ubench.run_case(case, threads=0, bandwidth=1e10, repeat=1, with_torch=False)
     assert [r.method for r in rows] == ["asvp_fast", "numpy-sort"]
     assert rows[1].agrees == "100.0%"
-    assert rows[1].our_speedup and rows[1].our_speedup > 0
-    table = bench.format_table(rows)
-    assert table.count("\n") == 3
+    ours, ref = rows
+    nbytes = 3000 * 40 * np.dtype(dtype).itemsize
+    for r in rows:  # every derived column comes from the row's own timing
+        assert math.isfinite(r.seconds) and r.seconds > 0
+        assert r.gbps == pytest.approx(nbytes / r.seconds / 1e9)
+        assert r.bandwidth_fraction == pytest.approx(nbytes / r.seconds / 1e10)
+    assert ours.our_speedup is None  # the speed-up is the reference's time over ours
+    assert ref.our_speedup == pytest.approx(ref.seconds / ours.seconds) and math.isfinite(ref.our_speedup)
+    table = ubench.format_table(rows).splitlines()
+    assert len(table) == 2 + len(rows)
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table]
+    assert cells[0] == ["case", "method", "seconds", "GB/s", "of bandwidth", "asvp_fast speed-up", "peak extra MB",
+                        "same picks"]
+    assert all(len(row) == len(cells[0]) for row in cells)
+    assert [row[1] for row in cells[2:]] == ["asvp_fast", "numpy-sort"]
+    assert cells[2][5] == "-" and cells[3][5] == f"{ref.our_speedup:.1f}x"
+    assert [float(row[2]) for row in cells[2:]] == [round(r.seconds, 3) for r in rows]
 
 
 def test_benchmark_reference_matches_kernel_on_distinct_scores():
-    case = bench.Case("tiny", 2000, 30, "float32", False, "margin", 100)
-    x = bench.make_data(case)
+    case = ubench.Case("tiny", 2000, 30, "float32", False, "margin", 100)
+    x = ubench.make_data(case)
     import asvp_fast as af
 
-    np.testing.assert_array_equal(np.sort(bench.numpy_sort_reference(x, case)), np.sort(af.select_uncertain(x, 100)))
+    np.testing.assert_array_equal(np.sort(ubench.numpy_sort_reference(x, case)), np.sort(af.select_uncertain(x, 100)))
 
 
 def test_results_notes_survive_a_rerun(tmp_path):
@@ -61,7 +80,7 @@ def test_results_notes_survive_a_rerun(tmp_path):
 
 
 def test_diversity_benchmark_runs_on_tiny_sizes(tmp_path):
-    from asvp_fast.benchmarks import diversity as dbench
+    import diversity as dbench
 
     cases = [
         dbench.DiversityCase("kc tiny", "kcenter", 3000, 16, 40, "float16", memmap=True,
@@ -91,9 +110,8 @@ def test_results_file_keeps_other_sections(tmp_path):
     assert text.index("Uncertainty") < text.index("Diversity") < text.index("## Notes") and "- keep me" in text
 
 
-def test_transfer_benchmark_runs_and_agrees_on_tiny_sizes(tmp_path):
-    from asvp_fast.benchmarks import transfer as tbench
-    from asvp_fast.benchmarks.acquisition import main as bench_main
+def test_transfer_benchmark_runs_and_agrees_on_tiny_sizes():
+    import transfer as tbench
 
     rows = [tbench.run_case(case, probe=10.0, log=lambda line: None) for case in tbench.QUICK_CASES]
     assert [r.agreement is not None for r in rows] == [True, True, True]
@@ -103,8 +121,35 @@ def test_transfer_benchmark_runs_and_agrees_on_tiny_sizes(tmp_path):
     row = tbench.run_case(case, probe=10.0, log=lambda line: None)
     assert row.ref_extrapolated and row.agreement is None and row.ref_s > 0
     assert "| logme N=3,000 D=32 C=12" in tbench.format_table([row])
+
+
+def test_cli_bench_runs_from_a_source_checkout(tmp_path, monkeypatch, capsys):
+    """`asvp-fast bench` finds bench/run.py in the checkout (here: the working directory, as
+    with a non-editable install) and runs it; the results file keeps the hand-written notes."""
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "asvp_fast" / "cli.py"))
+    monkeypatch.chdir(ROOT)
     out = tmp_path / "RESULTS.md"
     out.write_text("# x\n\n## Notes\n\n- keep\n")
-    assert bench_main(["--suite", "transfer", "--quick", "--output", str(out)]) == 0
+    assert cli.main(["bench", "--suite", "transfer", "--quick", "--output", str(out)]) == 0
     text = out.read_text()
     assert "## Transferability: LogME and PED" in text and "- keep" in text and "--suite transfer --quick" in text
+    assert "| ped N=2,000 D=32 C=10" in capsys.readouterr().out
+
+
+def test_cli_bench_without_a_checkout_says_what_to_do(tmp_path, monkeypatch, capsys):
+    """From an installed wheel (no bench/ beside the package nor in the working directory) the
+    command fails with instructions, not a traceback."""
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "asvp_fast" / "cli.py"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "not part of the installed package" in err
+    assert "Clone" in err and "python bench/run.py" in err
+
+
+def test_benchmark_is_not_in_the_package():
+    import asvp_fast
+
+    package = Path(asvp_fast.__file__).parent
+    assert not (package / "benchmarks").exists()
+    assert not list(package.rglob("*_refs.py"))

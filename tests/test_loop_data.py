@@ -16,9 +16,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from asvp_fast.loop import backbones as bb  # noqa: E402
-from asvp_fast.loop import data as dd  # noqa: E402
-from asvp_fast.loop.cases.case import Backbone, Case  # noqa: E402
+from asvp_fast.loop.models import backbones as bb  # noqa: E402
+from asvp_fast.loop.cases import builtin as dd  # noqa: E402
+from asvp_fast.loop import Backbone, Case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_builtin_data.py"
@@ -438,7 +438,7 @@ def test_lite0_weights_and_normalisation_match(lite0, fashion_images):
     # outputs have about the variance its BatchNorm recorded in training (ImageNet mean/std
     # scaling would give ~6x).
     model = lite0.model
-    x = (bb._resize_square(fashion_images.float().expand(-1, 3, -1, -1), 96) - bb.LITE_MEAN) / bb.LITE_STD
+    x = (bb.image.resize_square(fashion_images.float().expand(-1, 3, -1, -1), 96) - bb.image.LITE_MEAN) / bb.image.LITE_STD
     with torch.no_grad():
         stem = model._conv_stem(x)
     ratio = (stem.var(dim=(0, 2, 3)) / model._bn0.running_var).median().item()

@@ -90,7 +90,7 @@ def test_imagenet_config_end_to_end_on_a_generated_image_folder(tmp_path):
     # learning rate; train the head (and BatchNorm statistics) only, which still runs every stage.
     raw["training"].update(epochs=1, batch_size=8, eval_batch_size=8, num_workers=0, head_lr=0.01, backbone_lr=0.0,
                            lp_lr=0.01)
-    raw["methods"] = ["random", "svpp", "standard:lp-ft"]
+    raw["methods"] = ["random", "svpp", {"method": "standard", "name": "standard:lp-ft", "training": "lp-ft"}]
     state = run(parse_config(raw), tmp_path / "run", echo=quiet)
     for rounds in (m.rounds for m in state.methods.values()):
         assert [r.n_labels for r in rounds] == [4, 8, 12]

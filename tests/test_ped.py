@@ -5,7 +5,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from asvp_fast.benchmarks.transfer_refs import ped_dense as dense_reference
+from transfer_refs import ped_dense as dense_reference  # bench/ is on pytest's path
 from asvp_fast.transfer.ped import ped
 
 

@@ -247,7 +247,15 @@ def test_progress_callback_and_cancellation(rng, monkeypatch):
 
 def test_progress_bar_renders(rng, capsys):
     x = random_probabilities(rng, 1000, 8)
-    np.testing.assert_array_equal(af.select_uncertain(x, 5, progress=True), af.select_uncertain(x, 5, progress=False))
+    quiet = af.select_uncertain(x, 5, progress=False)
+    assert capsys.readouterr().err == ""
+    np.testing.assert_array_equal(af.select_uncertain(x, 5, progress=True), quiet)
+    printed = capsys.readouterr().err
+    assert "selecting 5 by margin" in printed and "1.00k" in printed and "rows" in printed, printed
+    af.scores(x, "entropy", progress=True)
+    assert "entropy scores" in capsys.readouterr().err
+    af.scores(x, "entropy")  # None: a small input on a captured stream shows nothing
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("offset", [-3e4, -100.0, -1.0, 0.0, 1e3])

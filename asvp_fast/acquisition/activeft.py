@@ -32,7 +32,12 @@ Differences from the authors' code, none of which changes what is optimised:
   similarity matrix is computed without autograd and the gradient is accumulated with an
   O(N d) scatter-add instead of back-propagating through an N x B matmul (one N x B x d
   product per iteration instead of two, and no N x B tensors kept for autograd).
-* The final assignment never sorts the pool per centroid (see :func:`_unique_nearest_assignment`).
+* The final assignment never sorts the pool per centroid (see
+  :func:`.activeft_pool.unique_nearest_assignment`).
+
+This module holds the public function, its argument checks and the optimisation of the
+centroids; :mod:`.activeft_pool` holds the pool side (the normalised working copy of the rows
+and the final assignment).
 
 Behaviour worth knowing (it is the method's, not this implementation's): centroids start on
 random pool rows and each is pulled only by the rows it is nearest to, so the optimisation finds
@@ -47,15 +52,23 @@ partly.
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..core.checks import parse_rows
+from ..core.checks import (
+    is_torch_tensor,
+    parse_count,
+    parse_int,
+    parse_optional_flag,
+    parse_positive_real,
+    parse_rows,
+    parse_threads,
+)
 from ..core.devices import torch_device
+from ..core.threads import limit_threads
 
 try:  # torch is optional for the package, required here
     import torch
@@ -63,23 +76,30 @@ try:  # torch is optional for the package, required here
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("ActiveFT needs PyTorch: pip install torch") from exc
 
-__all__ = ["activeft_select", "DEFAULT_TEMPERATURE", "DEFAULT_BALANCE"]
+from .activeft_pool import normalised_float32, rows_per_tile, unique_nearest_assignment
+
+__all__ = ["activeft_select", "DEFAULT_TEMPERATURE", "DEFAULT_BALANCE", "MAX_ITERATIONS", "LossNotFiniteError"]
 
 #: Temperature of the similarities (the paper's and the authors' default).
 DEFAULT_TEMPERATURE = 0.07
 #: Weight of the repulsion sum against the attraction term (the authors' default ``--balance``).
 DEFAULT_BALANCE = 1.0
+#: The most Adam steps one call may ask for (the authors use 100-300): a typo such as
+#: ``iterations=10**9`` is an error instead of a run that never ends.
+MAX_ITERATIONS = 100_000
 
-# Source rows are converted and normalised in blocks of about this many float64 bytes, so a
-# float16 memmap never needs a second full-size temporary.
-_NORMALISE_CHUNK_BYTES = 64 << 20
-# Similarity tiles and gathered feature blocks hold at most this many elements (16 MB float32).
-_TILE_ELEMENTS = 1 << 22
-# Candidates per centroid in the first nearest-sample search of the final assignment.
-_INITIAL_CANDIDATES = 16
 # With progress=None a bar is shown on a terminal when the optimisation does at least this many
 # multiply-adds (rows x centroids x dim x iterations; roughly ten seconds on a few CPU cores).
 _AUTO_PROGRESS_MACS = 5e11
+
+
+class LossNotFiniteError(FloatingPointError, ValueError):
+    """The ActiveFT loss stopped being finite (extreme temperature or learning rate).
+
+    A :class:`FloatingPointError` for what happened, and a :class:`ValueError` because the
+    arguments that caused it are the caller's to change.
+    """
+
 
 DeviceLike = Union[str, "torch.device"]
 
@@ -101,8 +121,9 @@ def activeft_select(
     batch_size: Optional[int] = None,
     seed: int = 0,
     device: DeviceLike = "auto",
+    threads: Optional[int] = None,
     progress: Optional[bool] = None,
-) -> np.ndarray:
+) -> Any:
     """Select ``k`` pool rows with ActiveFT.
 
     Parameters
@@ -136,20 +157,24 @@ def activeft_select(
     seed : int, default 0
         Seeds the initial centroids (``k`` distinct unlabelled rows) and the batches, through an
         explicit ``numpy.random.Generator``; no global random state is read or changed.
-    device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
+    device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default "auto"
         Where the optimisation runs. ``"auto"`` takes a CUDA tensor's device, else CUDA when
-        available, else the CPU. On the CPU, results are bit-for-bit reproducible for a seed;
-        on CUDA the gradient scatter-add uses float atomics, so the last bits (and, rarely, a
-        pick) can differ between runs.
+        available, else the CPU; a device that is not usable here raises ``RuntimeError``. On
+        the CPU, results are bit-for-bit reproducible for a seed; on CUDA the gradient
+        scatter-add uses float atomics, so the last bits (and, rarely, a pick) can differ
+        between runs.
+    threads : int, optional
+        CPU threads of torch and faiss during the call (None: leave them as they are; more than
+        1024 is clamped to 1024). Both are put back as they were before returning.
     progress : bool, optional
         Show a tqdm bar over the iterations. ``None`` shows one only for long runs on a
         terminal.
 
     Returns
     -------
-    numpy.ndarray of int64, shape (k,)
-        Distinct row indices, none of them labelled, in the order the final assignment gave
-        them out: centroids whose nearest pool row is closer come first.
+    int64 array of shape (k,): numpy for numpy/memmap/list input, a torch tensor on the input's
+        device for torch input. Distinct row indices, none of them labelled, in the order the
+        final assignment gave them out: centroids whose nearest pool row is closer come first.
 
     Raises
     ------
@@ -157,13 +182,18 @@ def activeft_select(
         Wrong ndim; k < 0 or larger than the number of unlabelled rows; a row with NaN/Inf (the
         first one is named) or of zero norm (it has no direction to normalise); a ``labeled``
         index out of range, repeated, or a mask of the wrong length; a non-positive temperature,
-        learning rate or balance; a bad batch size or device.
+        learning rate or balance; more than :data:`MAX_ITERATIONS` iterations; a bad batch
+        size, device spelling or thread count.
     TypeError
-        Non-numeric features, non-integer k / iterations / seed / batch size.
+        Non-numeric features; non-integer k / iterations / seed / batch size / threads; a
+        non-boolean progress; a device that is not a string.
+    RuntimeError
+        ``device`` names a device that is not usable here (e.g. "cuda" without a GPU).
     MemoryError
         The float32 working copy would not fit in the memory available.
-    FloatingPointError
-        The loss stopped being finite (only with extreme settings, e.g. temperature 1e-40).
+    LossNotFiniteError
+        (a FloatingPointError and a ValueError) The loss stopped being finite (only with
+        extreme settings, e.g. temperature 1e-40).
 
     Notes
     -----
@@ -171,28 +201,38 @@ def activeft_select(
     scatter-add for the attraction gradient, and a ((L + k) x k x d) product for the repulsion
     (L labelled rows). With labelled rows, each pool row's nearest labelled row and each
     labelled row's repulsion among the labelled ones are computed once, O(N L d + L^2 d).
-    The final assignment is described in :func:`_unique_nearest_assignment`. For scale: with
-    N = 50,000, d = 384 and k = 500 a full-pool iteration is a 9.6 GFLOP product, about 0.5 s
+    The final assignment is described in :func:`.activeft_pool.unique_nearest_assignment`. For
+    scale: with N = 50,000, d = 384 and k = 500 a full-pool iteration is a 9.6 GFLOP product, about 0.5 s
     on one CPU core (300 iterations: about 2.5 minutes); ``batch_size`` divides that cost.
     """
-    k = _check_count(k)
-    n, d = _feature_shape(features)
+    k = parse_count(k)
+    n, _ = _feature_shape(features)
     labelled = _labelled_rows(labeled, n)
     selectable = n - labelled.size
     if k > selectable:
         detail = f"{n} rows, {labelled.size} labelled" if labelled.size else f"{n} rows"
         raise ValueError(f"k={k} is larger than the {selectable} rows that may be picked ({detail})")
     options = _Options.checked(temperature, iterations, lr, balance, batch_size, seed)
+    progress = parse_optional_flag(progress, "progress")
+    n_threads = parse_threads(threads)
+    dev = torch_device(device, like=features)
     if k == 0:
-        return np.empty(0, dtype=np.int64)
-    dev = _resolve_device(device, features)
+        return _like_input(np.empty(0, dtype=np.int64), features)
 
-    x = _normalised_float32(features)
-    excluded = np.zeros(n, dtype=bool)
-    excluded[labelled] = True
-    centroids, _ = _optimise_centroids(x, k, labelled, options, dev, progress)
-    assigned, order = _unique_nearest_assignment(x, centroids, excluded)
-    picks: np.ndarray = assigned[order]
+    with limit_threads(n_threads, ("torch", "faiss")):
+        x = normalised_float32(features)
+        excluded = np.zeros(n, dtype=bool)
+        excluded[labelled] = True
+        centroids, _ = _optimise_centroids(x, k, labelled, options, dev, progress)
+        assigned, order = unique_nearest_assignment(x, centroids, excluded)
+    return _like_input(assigned[order], features)
+
+
+def _like_input(picks: np.ndarray, features: Any) -> Any:
+    """Outputs follow the input: numpy for numpy/memmap/list input, a tensor on the input's device
+    for torch input."""
+    if is_torch_tensor(features):
+        return torch.from_numpy(picks).to(features.device)
     return picks
 
 
@@ -214,48 +254,19 @@ class _Options:
     def checked(cls, temperature: float, iterations: int, lr: float, balance: float,
                 batch_size: Optional[int], seed: int) -> "_Options":
         return cls(
-            temperature=_positive_float(temperature, "temperature"),
-            iterations=_integer(iterations, "iterations", minimum=0),
-            lr=_positive_float(lr, "lr"),
+            temperature=parse_positive_real(temperature, "temperature"),
+            iterations=parse_int(iterations, "iterations", minimum=0, maximum=MAX_ITERATIONS),
+            lr=parse_positive_real(lr, "lr"),
             # balance = 0 would make every loss term log(1) = 0: nothing left to optimise.
-            balance=_positive_float(balance, "balance"),
-            batch_size=None if batch_size is None else _integer(batch_size, "batch_size", minimum=1),
-            seed=_integer(seed, "seed", minimum=0),
+            balance=parse_positive_real(balance, "balance"),
+            batch_size=None if batch_size is None else parse_int(batch_size, "batch_size", minimum=1),
+            seed=parse_int(seed, "seed", minimum=0),
         )
-
-
-def _integer(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _positive_float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    number = float(value)
-    if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return number
-
-
-def _check_count(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"k must be an integer, got {type(k).__name__}")
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
-    return int(k)
-
-
-def _is_tensor(x: Any) -> bool:
-    return isinstance(x, torch.Tensor)
 
 
 def _feature_shape(features: Any) -> Tuple[int, int]:
     """(N, d) of a 2-D numeric array or tensor; rejects other ndims and non-numeric dtypes."""
-    if _is_tensor(features):
+    if is_torch_tensor(features):
         if features.dtype == torch.bool or features.is_complex():
             raise TypeError(f"features must be real numbers, got a tensor of {features.dtype}")
         shape = tuple(features.shape)
@@ -281,86 +292,7 @@ def _labelled_rows(labeled: Any, n: int) -> np.ndarray:
     if labeled is None:
         return np.empty(0, dtype=np.int64)
     # the same checks (and messages) as the diversity kernels' `labeled`
-    return np.sort(parse_rows(labeled, n, "labeled", unique=True))
-
-
-def _resolve_device(device: DeviceLike, features: Any) -> torch.device:
-    return torch_device(device, like=features)
-
-
-# --------------------------------------------------------------------------------------------
-# Working copy: validated, normalised float32
-# --------------------------------------------------------------------------------------------
-
-
-def _available_memory() -> Optional[int]:
-    """Bytes the kernel reports as available (Linux ``MemAvailable``), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _row_block(features: Any, start: int, stop: int) -> np.ndarray:
-    """Rows [start, stop) as float64 (exact for every supported input dtype)."""
-    if _is_tensor(features):
-        block: np.ndarray = features[start:stop].detach().to(device="cpu", dtype=torch.float64).numpy()
-        return block
-    return np.asarray(features[start:stop], dtype=np.float64)
-
-
-def _normalised_float32(features: Any) -> np.ndarray:
-    """L2-normalised float32 copy of the rows, built block by block.
-
-    Each block is widened to float64 first: the check for NaN/Inf, the norm and the division
-    then behave the same for every input dtype, so a float16 memmap and the float32 array of
-    the same values give bit-identical copies (and picks).
-    """
-    if not _is_tensor(features) and not isinstance(features, np.ndarray):
-        features = np.asarray(features)
-    n, d = int(features.shape[0]), int(features.shape[1])
-    needed = n * d * 4
-    available = _available_memory()
-    if available is not None and needed > available:
-        raise MemoryError(
-            f"ActiveFT needs a float32 working copy of the features ({needed / 2**30:.2f} GiB for "
-            f"{n} x {d}) but only {available / 2**30:.2f} GiB of memory is available; reduce the "
-            "pool or the feature dimension"
-        )
-    out = np.empty((n, d), dtype=np.float32)
-    step = max(1, _NORMALISE_CHUNK_BYTES // max(1, d * 8))
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        block = _row_block(features, start, stop)
-        _check_finite(block, start)
-        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-        _check_nonzero(norms, start)
-        out[start:stop] = block / norms[:, None]
-    return out
-
-
-def _check_finite(block: np.ndarray, offset: int) -> None:
-    bad_rows = ~np.isfinite(block).all(axis=1)
-    if bad_rows.any():
-        row = offset + int(np.argmax(bad_rows))
-        raise ValueError(f"features row {row} contains NaN or Inf")
-
-
-def _check_nonzero(norms: np.ndarray, offset: int) -> None:
-    # A zero row has no direction, so it cannot take part in cosine similarities; rejecting it
-    # is clearer than inventing one. An infinite norm needs float64 entries beyond ~1e154.
-    bad = ~(norms > 0) | ~np.isfinite(norms)
-    if bad.any():
-        local = int(np.argmax(bad))
-        if norms[local] == 0:
-            raise ValueError(f"features row {offset + local} has zero norm and cannot be L2-normalised; "
-                             "drop it from the pool")
-        raise ValueError(f"features row {offset + local} is too large to normalise (its squared norm "
-                         "overflows float64)")
+    return np.sort(parse_rows(labeled, n, "labeled", unique=True, of="features"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,16 +310,12 @@ class _FixedCentroids:
     row_idx: torch.Tensor  # (N,) that labelled row's position in `vectors`
 
 
-def _rows_per_tile(columns: int) -> int:
-    return max(1, _TILE_ELEMENTS // max(1, columns))
-
-
 def _nearest(x: torch.Tensor, rows: Optional[torch.Tensor], centres: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Max similarity and argmax centre of each row (all rows, or those in ``rows``), tiled."""
     total = x.shape[0] if rows is None else rows.shape[0]
     best = torch.empty(total, dtype=x.dtype, device=x.device)
     arg = torch.empty(total, dtype=torch.long, device=x.device)
-    step = _rows_per_tile(centres.shape[0])
+    step = rows_per_tile(centres.shape[0])
     for start in range(0, total, step):
         stop = min(total, start + step)
         block = x[start:stop] if rows is None else x[rows[start:stop]]
@@ -398,7 +326,7 @@ def _nearest(x: torch.Tensor, rows: Optional[torch.Tensor], centres: torch.Tenso
 def _logsumexp_rows(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     """logsumexp_j(a_i . b_j / tau) for every row i of ``a``, tiled over the rows of ``a``."""
     out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
-    step = _rows_per_tile(b.shape[0])
+    step = rows_per_tile(b.shape[0])
     for start in range(0, a.shape[0], step):
         stop = min(a.shape[0], start + step)
         out[start:stop] = torch.logsumexp(a[start:stop] @ b.T / temperature, dim=1)
@@ -424,7 +352,7 @@ class _RowCentroidDot(torch.autograd.Function):
     def forward(ctx: Any, centroids: torch.Tensor, x: torch.Tensor, row_ids: torch.Tensor,
                 centroid_ids: torch.Tensor) -> torch.Tensor:
         out = torch.empty(row_ids.shape[0], dtype=centroids.dtype, device=centroids.device)
-        step = _rows_per_tile(x.shape[1])
+        step = rows_per_tile(x.shape[1])
         for start in range(0, row_ids.shape[0], step):
             stop = min(row_ids.shape[0], start + step)
             out[start:stop] = (x[row_ids[start:stop]] * centroids[centroid_ids[start:stop]]).sum(dim=1)
@@ -436,7 +364,7 @@ class _RowCentroidDot(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         x, row_ids, centroid_ids = ctx.saved_tensors
         grad = torch.zeros((ctx.n_centroids, x.shape[1]), dtype=grad_out.dtype, device=grad_out.device)
-        step = _rows_per_tile(x.shape[1])
+        step = rows_per_tile(x.shape[1])
         for start in range(0, row_ids.shape[0], step):
             stop = min(row_ids.shape[0], start + step)
             rows = x[row_ids[start:stop]].to(grad_out.dtype)
@@ -524,7 +452,7 @@ def _optimise_centroids(x_np: np.ndarray, k: int, labelled: np.ndarray, options:
             if not math.isfinite(history[-1]):
                 # Only reachable with extreme settings (e.g. a temperature so small that the
                 # similarities overflow); stop before NaN centroids reach the assignment.
-                raise FloatingPointError(
+                raise LossNotFiniteError(
                     f"ActiveFT loss became {history[-1]} at iteration {len(history) - 1}; use a larger "
                     f"temperature (got {options.temperature}) or a smaller learning rate (got {options.lr})"
                 )
@@ -551,186 +479,3 @@ def _progress_bar(total: int) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="ActiveFT", unit="it", leave=False)
-
-
-# --------------------------------------------------------------------------------------------
-# Final assignment: each centroid to a distinct nearest row
-# --------------------------------------------------------------------------------------------
-
-
-def _top_candidates(queries: np.ndarray, x: np.ndarray, m: int, backend: str) -> Tuple[np.ndarray, np.ndarray]:
-    """The ``m`` largest inner products of every query with the rows of ``x``.
-
-    Each row of the result is ordered by decreasing similarity, equal similarities by
-    increasing row index. Exact search: every row outside a query's list has a similarity no
-    larger than the list's last one.
-    """
-    if backend == "faiss":
-        import faiss
-
-        sims, ids = faiss.knn(np.ascontiguousarray(queries), x, m, metric=faiss.METRIC_INNER_PRODUCT)
-    else:
-        sims, ids = _torch_top_candidates(queries, x, m)
-    order = np.lexsort((ids, -sims), axis=1)
-    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
-
-
-def _torch_top_candidates(queries: np.ndarray, x: np.ndarray, m: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Fallback without faiss: tiled matmul over the rows, merging a running top-m."""
-    q = torch.from_numpy(np.ascontiguousarray(queries))
-    xt = torch.from_numpy(x)
-    best_s = torch.full((q.shape[0], 0), -math.inf)
-    best_i = torch.zeros((q.shape[0], 0), dtype=torch.long)
-    step = max(m, _rows_per_tile(q.shape[0]))
-    for start in range(0, xt.shape[0], step):
-        stop = min(xt.shape[0], start + step)
-        sims = q @ xt[start:stop].T
-        ids = torch.arange(start, stop).expand(q.shape[0], -1)
-        cat_s = torch.cat([best_s, sims], dim=1)
-        cat_i = torch.cat([best_i, ids], dim=1)
-        keep = min(m, cat_s.shape[1])
-        best_s, pos = cat_s.topk(keep, dim=1)
-        best_i = cat_i.gather(1, pos)
-    return best_s.numpy(), best_i.numpy()
-
-
-def _default_backend() -> str:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "faiss"
-
-
-class _Candidates:
-    """Per-centroid candidate lists, grown on demand."""
-
-    def __init__(self, sims: np.ndarray, ids: np.ndarray, n_rows: int) -> None:
-        self.sims: List[np.ndarray] = list(sims)
-        self.ids: List[np.ndarray] = list(ids)
-        self.size = np.full(sims.shape[0], sims.shape[1], dtype=np.int64)
-        self.n_rows = n_rows
-
-    def replace(self, centroids: np.ndarray, sims: np.ndarray, ids: np.ndarray) -> None:
-        for row, c in enumerate(centroids):
-            self.sims[c], self.ids[c] = sims[row], ids[row]
-            self.size[c] = sims.shape[1]
-
-    def choose(self, c: int, taken: np.ndarray) -> int:
-        """Centroid c's best untaken row (highest similarity, then lowest index), or -1 if its
-        list cannot prove which row that is."""
-        ids = self.ids[c]
-        free = ~taken[ids]
-        if not free.any():
-            return -1
-        j = int(np.argmax(free))
-        complete = self.size[c] >= self.n_rows
-        # At the list's last similarity value, a row outside the list may tie with a lower index.
-        if not complete and self.sims[c][j] <= self.sims[c][-1]:
-            return -1
-        return int(ids[j])
-
-
-def _unique_nearest_assignment(x: np.ndarray, centroids: np.ndarray, excluded: Optional[np.ndarray] = None, *,
-                               initial_candidates: int = _INITIAL_CANDIDATES,
-                               backend: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Give every centroid a distinct nearest row by inner product, greedily.
-
-    The rule (what a brute-force scan computes): centroids are taken in decreasing order of
-    their largest similarity to any row (ties: lower centroid index first); each takes, among the
-    rows not yet taken and not ``excluded``, the one of highest similarity (ties: lower row
-    index).
-
-    The fast path finds the top ``m`` rows of every centroid in one exact search (faiss, or a
-    tiled torch matmul), runs the greedy pass over those lists, and when a centroid's list is
-    exhausted -- every candidate taken, or the first free one ties with the list's last value,
-    so a row outside the list might come first -- searches again with a doubled ``m``, only for
-    that centroid and for the later ones that a look-ahead pass finds would be stuck too, then
-    resumes at that centroid. The result is exactly the brute-force rule's.
-
-    Complexity: the first search costs O(k N d) multiply-adds (one BLAS product) plus
-    O(k N log m) for the top-m selection and O(k m) memory; the greedy pass is O(k m). A search
-    round for the u stuck centroids costs O(u N d); with few collisions there are none or a few
-    small ones. Worst case (e.g. all rows identical) m doubles up to N: O(log N) rounds. The
-    reference implementation instead sorts the whole pool for every centroid, O(k N log N)
-    time and O(k N) memory per slice.
-
-    Parameters
-    ----------
-    x : (N, d) float32, C-contiguous
-    centroids : (k, d) float32, k <= number of rows not excluded
-    excluded : (N,) bool, optional
-        Rows that may not be assigned.
-    initial_candidates : int
-        ``m`` of the first search.
-    backend : {"faiss", "torch"}, optional
-        Default: faiss when importable.
-
-    Returns
-    -------
-    assigned : (k,) int64
-        ``assigned[c]`` is the row of centroid ``c``.
-    order : (k,) int64
-        The centroids in the order they were served.
-    """
-    backend = backend or _default_backend()
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-    n, k = x.shape[0], centroids.shape[0]
-    taken = np.zeros(n, dtype=bool) if excluded is None else np.array(excluded, dtype=bool, copy=True)
-    if k > n - int(taken.sum()):
-        raise ValueError(f"cannot assign {k} centroids to {n - int(taken.sum())} available rows")
-    if not (np.isfinite(centroids).all() and np.isfinite(x).all()):
-        # NaN similarities compare false both ways and would break the exhaustion test.
-        raise ValueError("rows and centroids must be finite")
-    assigned = np.full(k, -1, dtype=np.int64)
-    if k == 0:
-        return assigned, np.empty(0, dtype=np.int64)
-
-    m = min(n, max(1, initial_candidates))
-    sims, ids = _top_candidates(centroids, x, m, backend)
-    order = np.lexsort((np.arange(k), -sims[:, 0]))
-    candidates = _Candidates(sims, ids, n)
-
-    pos = 0
-    while True:
-        pos = _greedy_pass(order, pos, candidates, taken, assigned)
-        if pos == k:
-            return assigned, order.astype(np.int64)
-        stuck = _stuck_after(order, pos, candidates, taken)
-        m = min(n, 2 * int(candidates.size[stuck].max()))
-        new_sims, new_ids = _top_candidates(centroids[stuck], x, m, backend)
-        candidates.replace(stuck, new_sims, new_ids)
-
-
-def _greedy_pass(order: np.ndarray, pos: int, candidates: _Candidates, taken: np.ndarray,
-                 assigned: np.ndarray) -> int:
-    """Serve centroids from ``order[pos]`` on; return the position of the first stuck one."""
-    while pos < order.shape[0]:
-        c = int(order[pos])
-        row = candidates.choose(c, taken)
-        if row < 0:
-            break
-        taken[row] = True
-        assigned[c] = row
-        pos += 1
-    return pos
-
-
-def _stuck_after(order: np.ndarray, pos: int, candidates: _Candidates, taken: np.ndarray) -> np.ndarray:
-    """The stuck centroid ``order[pos]`` plus the later ones that would get stuck too.
-
-    Look-ahead: continue the pass as if the stuck centroid took nothing, marking rows taken
-    tentatively (undone before returning), so one search round serves many stuck centroids.
-    """
-    stuck = [int(order[pos])]
-    marked = []
-    for c in order[pos + 1:]:
-        row = candidates.choose(int(c), taken)
-        if row < 0:
-            stuck.append(int(c))
-        else:
-            taken[row] = True
-            marked.append(row)
-    taken[marked] = False
-    return np.asarray(stuck, dtype=np.int64)

@@ -22,7 +22,15 @@ from ..core.arrays import (
     exclusion_mask,
     resolve_device,
 )
-from ..core.checks import parse_choice, parse_count, parse_flag, parse_rows, parse_seed, parse_threads
+from ..core.checks import (
+    parse_choice,
+    parse_count,
+    parse_flag,
+    parse_optional_flag,
+    parse_rows,
+    parse_seed,
+    parse_threads,
+)
 from ..core.progress import row_progress
 from .nearest import nearest_labelled
 
@@ -36,17 +44,19 @@ class DiversityResult:
     """A selection with what it cost (returned by :func:`diversity_select`).
 
     Attributes:
-        indices: the picks in order (numpy int64, or a torch tensor on the input's device).
-        distances: float32 (k,): each pick's squared distance to the nearest earlier centre
-            (labelled rows included) at the moment it was picked; ``inf`` for a first pick made
-            with no centre yet. For k-center these are the greedy radii, non-increasing.
+        indices: the picks in order: int64, numpy for numpy/memmap input, a torch tensor on the
+            input's device for torch input.
+        distances: float32 (k,), numpy or torch like ``indices``: each pick's squared distance
+            to the nearest earlier centre (labelled rows included) at the moment it was picked;
+            ``inf`` for a first pick made with no centre yet. For k-center these are the greedy
+            radii, non-increasing.
         distances_possible: row-to-centre distances an unpruned run evaluates.
         distances_computed: those actually evaluated (plus the initial labelled pass).
         centre_distances: centre-to-centre distances evaluated for the pruning test.
     """
 
     indices: Any
-    distances: np.ndarray
+    distances: Any
     distances_possible: int
     distances_computed: int
     centre_distances: int
@@ -59,18 +69,56 @@ class DiversityResult:
         return 1.0 - min(self.distances_computed, self.distances_possible) / self.distances_possible
 
 
-def _finish(op: Operand, picks: np.ndarray) -> Any:
+_CODES = {"kcenter": _KCENTER, "kmeans_pp": _KMEANS_PP, "badge": _BADGE}
+_NAMES = {"kcenter": "k-center greedy", "kmeans_pp": "k-means++", "badge": "BADGE"}
+_NEAREST_BACKENDS = ("auto", "faiss", "numpy", "torch")
+
+
+def _finish(op: Operand, values: np.ndarray) -> Any:
+    """The kernels write picks and distances to host arrays; torch input gets them back as
+    tensors on its own device (outputs follow the input)."""
     if op.torch_device is None:
-        return picks
+        return values
     import torch
 
-    return torch.from_numpy(picks).to(op.torch_device)
+    return torch.from_numpy(values).to(op.torch_device)
 
 
 def _host_mask(exclude: Any, n: int, op: Operand) -> Tuple[Optional[np.ndarray], int]:
+    # The diversity kernels read the mask on the host whatever the device of the features.
     host_op = Operand(handle=None, shape=op.shape, dtype_name=op.dtype_name, itemsize=op.itemsize, on_cuda=False)
-    mask, excluded = exclusion_mask(exclude, n, host_op)
-    return mask, excluded
+    return exclusion_mask(exclude, n, host_op, of="features")
+
+
+def _badge_scores(x: Any, op: Operand, n: int) -> Operand:
+    """BADGE's probabilities (or logits), checked against the features."""
+    if x is None:
+        raise TypeError("BADGE needs x: the N x C probabilities (or logits with from_logits=True)")
+    x_op = as_operand(x, "x")
+    if check_float_matrix(x_op)[0] != n:
+        raise ValueError(f"x has {x_op.shape[0]} rows but features has {n}; they must describe the same samples")
+    if x_op.on_cuda != op.on_cuda:
+        raise ValueError("x and features must be on the same device")
+    return x_op
+
+
+def _check_k(k: int, n: int, lab: np.ndarray, mask: Optional[np.ndarray]) -> None:
+    """k must not exceed the rows that may be picked: neither labelled nor excluded (counted once)."""
+    unavailable = np.zeros(n, dtype=bool)
+    unavailable[lab] = True
+    if mask is not None:
+        unavailable |= mask.astype(bool)
+    taken = int(np.count_nonzero(unavailable))
+    available = n - taken
+    if k <= available:
+        return
+    if available == 0 and n > 0:
+        raise ValueError(f"no row may be picked: all {n} rows are labelled or excluded")
+    parts = [f"{lab.size} labelled"] if lab.size else []
+    if mask is not None and np.count_nonzero(mask):
+        parts.append(f"{int(np.count_nonzero(mask))} excluded")
+    detail = ", ".join([f"{n} rows"] + parts)
+    raise ValueError(f"k={k} is larger than the {available} rows that may be picked ({detail})")
 
 
 def diversity_select(
@@ -96,59 +144,46 @@ def diversity_select(
     ``method`` chooses the algorithm; the other arguments are those of the three functions.
     ``prune=False`` evaluates every distance (same result, for checking the pruning).
     ``nearest_backend`` picks the library of k-center's initial nearest-labelled search
-    ("auto", "faiss", "numpy" or "torch").
+    ("auto", "faiss", "numpy" or "torch"; any of them takes any input: numpy rows are
+    handed to torch tile by tile, torch CPU rows to faiss/numpy likewise).
     """
-    codes = {"kcenter": _KCENTER, "kmeans_pp": _KMEANS_PP, "badge": _BADGE}
-    code = codes[parse_choice(method, tuple(codes), "method")]
+    code = _CODES[parse_choice(method, tuple(_CODES), "method")]
     from_logits, validate = parse_flag(from_logits, "from_logits"), parse_flag(validate, "validate")
     prune = parse_flag(prune, "prune")
-    parse_choice(nearest_backend, ("auto", "faiss", "numpy", "torch"), "nearest_backend")
+    progress = parse_optional_flag(progress, "progress")
+    parse_choice(nearest_backend, _NEAREST_BACKENDS, "nearest_backend")
     op = as_operand(features, "features")
-    n, d = check_float_matrix(op, "features", columns="d")
+    n, _ = check_float_matrix(op, "features", columns="d")
     k = parse_count(k)
     n_threads = parse_threads(threads)
     seed64 = parse_seed(seed)
     use_cuda = resolve_device(device, op, "features")
-
-    x_handle = None
-    x_nbytes = 0
-    if code == _BADGE:
-        x_op = as_operand(x, "x")
-        if check_float_matrix(x_op)[0] != n:
-            raise ValueError(f"x has {x_op.shape[0]} rows but features has {n}; they must describe the same samples")
-        if x_op.on_cuda != op.on_cuda:
-            raise ValueError("x and features must be on the same device")
-        x_handle = x_op.handle
-        x_nbytes = x_op.nbytes
+    x_op = _badge_scores(x, op, n) if code == _BADGE else None
 
     lab = np.empty(0, dtype=np.int64)
     if labeled is not None:
         if code != _KCENTER:
             raise ValueError("labeled is only used by k-center greedy; use exclude for the other methods")
-        lab = parse_rows(labeled, n, "labeled", unique=True)
-    mask, excluded = _host_mask(exclude, n, op)
-    available = n - lab.size - excluded
-    if k > available:
-        if available == 0 and n > 0:
-            raise ValueError(f"no row may be picked: all {n} rows are labelled or excluded")
-        detail = f"{lab.size} labelled" if lab.size else f"{excluded} excluded"
-        raise ValueError(f"k={k} is larger than the {available} rows that may be picked ({n} rows, {detail})")
+        lab = parse_rows(labeled, n, "labeled", unique=True, of="features")
+    mask, _ = _host_mask(exclude, n, op)
+    _check_k(k, n, lab, mask)
 
     picks = np.empty(k, dtype=np.int64)
     distances = np.empty(k, dtype=np.float32)
     if k == 0:
-        return DiversityResult(_finish(op, picks), distances, 0, 0, 0)
+        return DiversityResult(_finish(op, picks), _finish(op, distances), 0, 0, 0)
     nearest = nearest_labelled(features, lab, n_threads, nearest_backend, gpu=use_cuda) if lab.size else None
-    names = {"kcenter": "k-center greedy", "kmeans_pp": "k-means++", "badge": "BADGE"}
-    bar = row_progress(progress, (op.nbytes + x_nbytes) * k, k, names[method], unit="picks")
+    x_nbytes = x_op.nbytes if x_op is not None else 0
+    bar = row_progress(progress, (op.nbytes + x_nbytes) * k, k, _NAMES[method], unit="picks")
     try:
         work: Dict[str, Any] = _C.diversity(
-            code, op.handle, x_handle, bool(from_logits), bool(validate), lab if lab.size else None, nearest, mask,
-            picks, distances, k, seed64, n_threads, bool(prune), use_cuda, Outputs(op).cuda_stream(), bar)
+            code, op.handle, None if x_op is None else x_op.handle, from_logits, validate,
+            lab if lab.size else None, nearest, mask, picks, distances, k, seed64, n_threads, prune, use_cuda,
+            Outputs(op).cuda_stream(), bar)
     finally:
         if bar is not None:
             bar.close()
-    return DiversityResult(_finish(op, picks), distances, int(work["distances_possible"]),
+    return DiversityResult(_finish(op, picks), _finish(op, distances), int(work["distances_possible"]),
                            int(work["distances_computed"]), int(work["centre_distances"]))
 
 
@@ -180,8 +215,11 @@ def kcenter_greedy(
         k: how many rows to pick (0 gives an empty result); at most N minus the labelled rows.
         labeled: indices (or a bool mask) of rows already labelled: they act as centres.
         seed: chooses the first pick when there are no labelled rows.
-        device: ``"auto"`` (where ``features`` lives), ``"cpu"`` or ``"cuda"``.
-        threads: CPU threads (None: all cores).
+        device: ``"auto"`` (where ``features`` lives), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``;
+            a device that is not usable here raises RuntimeError naming it.
+        threads: CPU threads of the kernel and of the nearest-labelled search (None: all
+            cores; more than 1024 is clamped to 1024). Global thread settings of faiss are
+            restored afterwards.
         progress: show a progress bar over picks (tqdm); None shows one for long runs when
             stderr is a terminal. Ctrl-C stops the run between picks.
 
@@ -192,7 +230,8 @@ def kcenter_greedy(
     Raises:
         ValueError: NaN/Inf in a row (named), k larger than the rows that may be picked,
             labelled indices out of range or repeated, wrong shape.
-        TypeError: unsupported dtype.
+        TypeError: unsupported dtype, or an argument of the wrong type (named).
+        RuntimeError: ``device`` names a device that is not usable here.
     """
     return diversity_select("kcenter", features, k, labeled=labeled, seed=seed, device=device, threads=threads,
                             progress=progress).indices

@@ -19,7 +19,7 @@ from ..core.arrays import (
     exclusion_mask,
     resolve_device,
 )
-from ..core.checks import parse_choice, parse_count, parse_flag, parse_threads
+from ..core.checks import parse_choice, parse_count, parse_flag, parse_optional_flag, parse_threads
 from ..core.progress import row_progress
 
 Kind = Literal["margin", "entropy", "least_confidence"]
@@ -82,8 +82,9 @@ def scores(
         from_logits: treat rows as logits; the softmax is computed stably (max-subtracted).
         validate: check that probability rows lie in [0, 1] and sum to 1. NaN and Inf are
             rejected regardless.
-        device: ``"auto"`` (where ``x`` lives), ``"cpu"`` or ``"cuda"``.
-        threads: CPU threads (None: all cores).
+        device: ``"auto"`` (where ``x`` lives), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; a device
+            that is not usable here raises RuntimeError naming it.
+        threads: CPU threads (None: all cores; more than 1024 is clamped to 1024).
         progress: show a progress bar (tqdm); None shows one for inputs of 8 GB or more when
             stderr is a terminal. Ctrl-C interrupts a scan between 64 MB chunks either way.
 
@@ -94,9 +95,12 @@ def scores(
     Raises:
         ValueError: wrong shape, unknown kind, or a row that is not valid (the first bad row is
             named).
-        TypeError: unsupported dtype.
+        TypeError: unsupported dtype; an argument of the wrong type (``from_logits="False"``,
+            ``kind=["margin"]``), named in the message.
+        RuntimeError: ``device`` names a device that is not usable here.
     """
     from_logits, validate = parse_flag(from_logits, "from_logits"), parse_flag(validate, "validate")
+    progress = parse_optional_flag(progress, "progress")
     call = _prepare(x, kind, threads, device)
     result, handle = call.outputs.empty(call.n, "float32")
     if call.n:
@@ -136,6 +140,7 @@ def select_uncertain(
         input.
     """
     from_logits, validate = parse_flag(from_logits, "from_logits"), parse_flag(validate, "validate")
+    progress = parse_optional_flag(progress, "progress")
     call = _prepare(x, kind, threads, device)
     k = parse_count(k)
     n = call.n

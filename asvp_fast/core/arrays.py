@@ -87,14 +87,16 @@ def resolve_device(device: Any, op: Operand, what: str = "x") -> bool:
                             input_index=index, what=what)
 
 
-def exclusion_mask(exclude: Any, n: int, op: Operand, name: str = "exclude") -> Tuple[Any, int]:
+def exclusion_mask(exclude: Any, n: int, op: Operand, name: str = "exclude", of: str = "x") -> Tuple[Any, int]:
     """Turns ``exclude`` (bool mask or index array) into a uint8 mask handle for the kernels.
 
-    Returns the handle (None when nothing is excluded) and the number of excluded rows.
+    Returns the handle (None when nothing is excluded) and the number of excluded rows. The
+    handle lives where ``op`` does (a tensor on its device for torch input); ``of`` names the
+    array in messages.
     """
     if exclude is None:
         return None, 0
-    rows = parse_rows(exclude, n, name)
+    rows = parse_rows(exclude, n, name, of=of)
     if rows.size == 0:
         return None, 0
     mask = rows_to_mask(rows, n)

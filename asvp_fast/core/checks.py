@@ -9,14 +9,17 @@ mistake gets the same answer everywhere:
   (:func:`parse_threads`);
 * flags such as ``from_logits``/``validate``: real booleans only (:func:`parse_flag`; the string
   ``"False"`` is not silently true);
+* tri-state options such as ``progress``: ``None``, ``True`` or ``False`` (:func:`parse_optional_flag`);
+* choices among fixed strings (:func:`parse_choice`; a list is a TypeError, not "unhashable type");
 * counts (``k``), seeds, and the index-or-mask arguments ``exclude=``/``labeled=``
-  (:func:`parse_rows`).
+  (:func:`parse_rows`, the only parser of those).
 
 Nothing here imports torch: tensors are recognised by duck typing.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -81,6 +84,13 @@ def parse_flag(value: Any, name: str) -> bool:
     raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
 
 
+def parse_optional_flag(value: Any, name: str) -> Optional[bool]:
+    """A tri-state option such as ``progress``: ``None`` (decide automatically), ``True`` or ``False``."""
+    if value is None:
+        return None
+    return parse_flag(value, name)
+
+
 def parse_count(k: Any, name: str = "k") -> int:
     """A non-negative integer count."""
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
@@ -88,6 +98,27 @@ def parse_count(k: Any, name: str = "k") -> int:
     if k < 0:
         raise ValueError(f"{name} must be non-negative, got {k}")
     return int(k)
+
+
+def parse_int(value: Any, name: str, *, minimum: int = 0, maximum: Optional[int] = None) -> int:
+    """An integer option in [minimum, maximum] (bools are not integers here)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return int(value)
+
+
+def parse_positive_real(value: Any, name: str) -> float:
+    """A finite real number > 0 (temperatures, learning rates, weights)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return number
 
 
 def parse_seed(seed: Any, name: str = "seed") -> int:
@@ -106,36 +137,39 @@ def parse_choice(value: Any, choices: "tuple[str, ...] | list[str]", name: str) 
     return value
 
 
-def parse_rows(rows: Any, n: int, name: str, *, unique: bool = False) -> np.ndarray:
-    """The index-or-mask argument (``exclude=``, ``labeled=``) as sorted-as-given int64 row indices.
+def parse_rows(rows: Any, n: int, name: str, *, unique: bool = False, of: str = "") -> np.ndarray:
+    """The index-or-mask argument (``exclude=``, ``labeled=``) as int64 row indices, in the order given.
 
     Accepts a bool mask of length ``n`` or an integer index array (numpy, list, or a torch tensor on
     any device). Indices must lie in [0, n); with ``unique=True`` a repeated index is an error.
+    ``of`` names the array the rows belong to, for messages ("x", "features").
     """
+    rows_of = f" of {of}" if of else ""
+    kinds = "a bool mask or an integer index array"
     if is_torch_tensor(rows):
         rows = rows.detach().cpu().numpy()
-    if isinstance(rows, (str, bytes, dict, set)):
-        raise TypeError(f"{name} must be a bool mask or an integer index array, got {type(rows).__name__}")
+    if isinstance(rows, (str, bytes, dict, set)) or rows is None:
+        raise TypeError(f"{name} must be {kinds}, got {type(rows).__name__}")
     try:
         arr = np.asarray(rows)
-    except (ValueError, TypeError) as exc:
-        raise TypeError(f"{name} must be a bool mask or an integer index array ({exc})") from None
+    except (ValueError, TypeError) as exc:  # ragged nested lists and the like
+        raise TypeError(f"{name} must be {kinds} ({exc})") from None
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-D bool mask or index array, got shape {arr.shape}")
     if arr.dtype == np.bool_:
         if arr.shape[0] != n:
-            raise ValueError(f"{name} mask has length {arr.shape[0]}, expected one entry per row ({n})")
+            raise ValueError(f"{name} mask has length {arr.shape[0]}, expected one entry per row{rows_of} ({n})")
         return np.flatnonzero(arr).astype(np.int64)
     if arr.size == 0:
         return np.empty(0, dtype=np.int64)
     if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must hold integer row indices (or be a bool mask), got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be {kinds}, got dtype {arr.dtype}")
     if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{name} contains index {int(arr.max())}, outside [0, {n}) for {n} rows")
+        raise ValueError(f"{name} contains index {int(arr.max())}, outside [0, {n}) for {n} rows{rows_of}")
     idx = arr.astype(np.int64)
     bad = idx[(idx < 0) | (idx >= n)]
     if bad.size:
-        raise ValueError(f"{name} contains index {int(bad[0])}, outside [0, {n}) for {n} rows")
+        raise ValueError(f"{name} contains index {int(bad[0])}, outside [0, {n}) for {n} rows{rows_of}")
     if unique:
         uniq, counts = np.unique(idx, return_counts=True)
         if uniq.size != idx.size:

@@ -3,8 +3,10 @@
 A config has these tables (every field but ``data.case`` has a default)::
 
     seed = 0
-    methods = ["random", "svpp", "standard"]   # also "standard:lp-ft", "svpp:lp-ft", "activeft-pre",
-                                               # "asvp", "asvp:ft", "asvp:no-refresh"
+    methods = ["random", "svpp", "standard"]   # any registered method ("activeft-pre", "asvp", yours);
+                                               # variants are tables with explicit fields:
+                                               # {method = "standard", name = "standard:lp-ft", training = "lp-ft"}
+                                               # {method = "asvp", name = "asvp:no-refresh", refresh = false}
 
     [data]        case = "wordnet-nouns" | "fashion-mnist" | "imagefolder" | "synthetic"
                   pool_size, test_size (built-ins); train_dir, test_dir, checkpoint, image_size (imagefolder)
@@ -22,6 +24,7 @@ Errors are :class:`ConfigError` and name the field, e.g. ``schedule.steps[1].unt
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from dataclasses import asdict, dataclass, field, fields
@@ -29,12 +32,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ... import metrics
+from ...core.checks import parse_device
+from ..methods import METHODS, MethodSpec
 from ..models.proxy import ProxyConfig
+from ..models.trainers import TRAINERS, TrainConfig
 from ..selection.strategies import STRATEGIES
-from ..models.training import TRAINING_MODES, TrainConfig
 
 CASES = ("wordnet-nouns", "fashion-mnist", "imagefolder", "synthetic")
-BASE_METHODS = ("random", "svpp", "standard", "activeft-pre", "asvp")
 
 
 class ConfigError(ValueError):
@@ -124,7 +128,7 @@ class AsvpConfig:
 class RunConfig:
     data: DataConfig
     seed: int = 0
-    methods: Tuple[str, ...] = ("random", "svpp", "standard")
+    methods: Tuple[MethodSpec, ...] = tuple(MethodSpec(m) for m in ("random", "svpp", "standard"))
     cache: CacheConfig = field(default_factory=CacheConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
@@ -135,6 +139,11 @@ class RunConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     asvp: AsvpConfig = field(default_factory=AsvpConfig)
     base_dir: str = "."  # where relative paths in the config are resolved (the config file's folder)
+
+    @property
+    def method_names(self) -> List[str]:
+        """The names of the configured methods, in config order (state and reports use them)."""
+        return [m.name for m in self.methods]
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -150,12 +159,6 @@ class RunConfig:
             return None
         p = Path(value).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
-
-
-def split_method(spec: str) -> Tuple[str, Optional[str]]:
-    """``"standard:lp-ft"`` → ``("standard", "lp-ft")``."""
-    name, _, mode = spec.partition(":")
-    return name, (mode or None)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -223,31 +226,65 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: str = ".") -> RunConfig:
     if cache.dtype not in ("float16", "float32"):
         raise ConfigError(f"cache.dtype must be 'float16' or 'float32', got {cache.dtype!r}")
     cfg = RunConfig(
-        data=data, seed=_int(raw.get("seed", 0), "seed"), methods=_methods(raw.get("methods", list(RunConfig.methods))),
+        data=data, seed=_int(raw.get("seed", 0), "seed"), methods=_methods(raw.get("methods", ["random", "svpp", "standard"])),
         cache=cache, schedule=schedule, selection=selection, proxy=_table(ProxyConfig, raw.get("proxy", {}), "proxy"),
         training=training, oracle=oracle, costs=_table(CostConfig, raw.get("costs", {}), "costs"),
         evaluation=_table(EvaluationConfig, raw.get("evaluation", {}), "evaluation"),
         asvp=_table(AsvpConfig, raw.get("asvp", {}), "asvp"), base_dir=base_dir,
     )
     _check_positive(cfg)
+    _check_devices(cfg)
     _check_paths(cfg)
     return cfg
 
 
-def _methods(value: Any) -> Tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ConfigError("methods must be a non-empty list of method names, e.g. [\"random\", \"svpp\", \"standard\"]")
-    for i, spec in enumerate(value):
-        name, mode = split_method(spec)
-        if name not in BASE_METHODS:
-            raise ConfigError(f"methods[{i}]: unknown method {name!r}; choose from {list(BASE_METHODS)}")
-        if spec == "asvp:no-refresh":  # ASVP's training alignment without the feature refresh
-            continue
-        if mode is not None and mode not in TRAINING_MODES:
-            raise ConfigError(f"methods[{i}]: unknown training mode {mode!r} in {spec!r}; choose from {list(TRAINING_MODES)}")
-    if len(set(value)) != len(value):
-        raise ConfigError("methods lists a method twice")
-    return tuple(value)
+def _methods(value: Any) -> Tuple[MethodSpec, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError('methods must be a non-empty list of method names or tables, e.g. ["random", "svpp", "standard"]')
+    specs = tuple(_method_spec(item, f"methods[{i}]") for i, item in enumerate(value))
+    names = [s.name for s in specs]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"methods[{i}]: the name {name!r} is used twice; give one of them another name = \"...\"")
+    return specs
+
+
+def _method_spec(item: Any, where: str) -> MethodSpec:
+    """A registered method's name, or a table {method, name, training, <the method's options>}."""
+    if isinstance(item, str):
+        return MethodSpec(_registered(item, f"{where}"))
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where} must be a method name or a table like {{method = \"svpp\", training = \"lp-ft\"}}, "
+                          f"got {item!r}")
+    if "method" not in item:
+        raise ConfigError(f"{where} needs a 'method' field naming a registered method; registered: {sorted(METHODS)}")
+    method = _registered(item["method"], f"{where}.method")
+    options_cls = METHODS[method].Options
+    own = {f.name: f for f in fields(options_cls)}
+    _no_unknown(item, {"method", "name", "training"} | set(own), where)
+    name = item.get("name", method)
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}.name must be a non-empty string, got {name!r}")
+    training = item.get("training")
+    if training is not None and (not isinstance(training, str) or training not in TRAINERS):
+        raise ConfigError(f"{where}.training: unknown training mode {training!r}; registered: {sorted(TRAINERS)}")
+    options = {key: _coerce(value, own[key].default, f"{where}.{key}", False) for key, value in item.items() if key in own}
+    return MethodSpec(method, name, training, options)
+
+
+def _registered(name: Any, where: str) -> str:
+    if not isinstance(name, str):
+        raise ConfigError(f"{where} must be a string naming a registered method, got {name!r}")
+    if name in METHODS:
+        return name
+    base, colon, variant = name.partition(":")
+    if colon and base in METHODS:
+        field_hint = "training = \"%s\"" % variant if variant in TRAINERS else "<the variant's fields>"
+        raise ConfigError(f"{where}: {name!r}: variants are explicit fields now, write "
+                          f"{{method = \"{base}\", name = \"{name}\", {field_hint}}}")
+    close = difflib.get_close_matches(name, list(METHODS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"{where}: unknown method {name!r}{hint}; registered: {sorted(METHODS)}")
 
 
 def _schedule(raw: Any) -> ScheduleConfig:
@@ -349,6 +386,16 @@ def _check_positive(cfg: RunConfig) -> None:
             raise ConfigError(f"{name} must be positive, got {value}")
 
 
+def _check_devices(cfg: RunConfig) -> None:
+    """Device strings follow the one device rule ("auto" | "cpu" | "cuda" | "cuda:N"), checked before any work."""
+    for name, value in (("cache.device", cfg.cache.device), ("proxy.device", cfg.proxy.device),
+                        ("training.device", cfg.training.device)):
+        try:
+            parse_device(value, name)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+
+
 def _check_paths(cfg: RunConfig) -> None:
     if cfg.data.case == "imagefolder":
         for name in ("train_dir", "test_dir"):
@@ -368,6 +415,6 @@ def check_budget(cfg: RunConfig, pool_size: int) -> None:
         raise ConfigError(f"schedule: the last round needs {final} labels, but the pool has only {pool_size} items "
                           f"(lower schedule.steps[-1].until or raise data.pool_size)")
     extra = cfg.evaluation.random_extra_rounds
-    if "random" in cfg.methods and cfg.schedule.budgets(extra)[-1] > pool_size:
+    if any(m.method == "random" for m in cfg.methods) and cfg.schedule.budgets(extra)[-1] > pool_size:
         raise ConfigError(f"evaluation.random_extra_rounds: {extra} extra random rounds need "
                           f"{cfg.schedule.budgets(extra)[-1]} labels, but the pool has only {pool_size} items")

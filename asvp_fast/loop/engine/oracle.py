@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from ..storage.cache import atomic_write_text
+from ..storage.files import atomic_write_text
 
 
 class LabelsPending(Exception):

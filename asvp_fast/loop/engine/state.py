@@ -9,7 +9,6 @@ is kept as ``state.prev.json`` so a damaged file can be recovered by hand.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..storage.cache import atomic_write_text
+from ..storage.files import atomic_write_text
 
 STATE_FORMAT = 1
 
@@ -128,10 +127,3 @@ def config_differences(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "
         elif a != b:
             out.append(name)
     return out
-
-
-def remove_if_exists(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -13,37 +13,32 @@ method asks whether the cached features still serve:
 The target model is trained with LP-FT while no refresh has happened and with FT after one. Every
 decision is stored in the round's ``info``, so a resumed run continues with the same features.
 
-Variants, for the paper's ablation (its table 3: feature alignment × training alignment):
+Variants, for the paper's ablation (its table 3: feature alignment × training alignment), are
+explicit config fields of the method::
 
-* ``asvp`` – both: the refresh, and LP-FT → FT at the trigger;
-* ``asvp:ft`` – feature alignment only: the refresh, the target model always trained with FT;
-* ``asvp:no-refresh`` – training alignment only: the trigger switches LP-FT → FT, but selection
-  stays on the pre-trained features (nothing is fine-tuned or re-extracted for it).
+    methods = ["svpp",                                                     # neither
+               "asvp",                                                     # both
+               {method = "asvp", name = "asvp:ft", training = "ft"},      # feature alignment only
+               {method = "asvp", name = "asvp:no-refresh", refresh = false}]  # training alignment only
 
-SVPp (``svpp``, FT throughout) is the cell with neither.
+* ``training = "ft"`` pins the target model's trainer (no LP-FT → FT switch);
+* ``refresh = false``: the trigger switches LP-FT → FT, but selection stays on the pre-trained
+  features (nothing is fine-tuned or re-extracted for it).
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from ...core.devices import torch_device
 from ...transfer.logme import logme
 from ...transfer.ped import ped
-from ..storage.cache import FeatureCache, resolve_device
-from ..engine.config import split_method
-from .base import SVPpMethod, derive_seed, register_method
-from ..models.proxy import train_proxy
-from ..selection.strategies import select
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..engine.runner import RunContext
-
-
-# The method-spec suffix of the training-alignment-only variant (see the module docstring).
-NO_REFRESH = "no-refresh"
+from ..storage.cache import FeatureCache
+from .svpp import SVPpMethod
 
 
 def should_refresh(ped_steps: int, score: Optional[float], previous: Optional[float], threshold: float) -> bool:
@@ -54,22 +49,26 @@ def should_refresh(ped_steps: int, score: Optional[float], previous: Optional[fl
     return abs(score - previous) < threshold
 
 
+@dataclass(frozen=True)
+class ASVPOptions:
+    """``refresh``: re-extract the pool's features from a fine-tuned backbone when the trigger fires
+    (feature alignment); False keeps selecting on the pre-trained features."""
+
+    refresh: bool = True
+
+
 class ASVPMethod(SVPpMethod):
     """SVPp plus the LogME-PED-triggered feature refresh and the LP-FT → FT switch."""
 
-    def __init__(self, spec: str, ctx: "RunContext") -> None:
-        suffix = split_method(spec)[1]
-        super().__init__(spec.replace(":" + NO_REFRESH, ""), ctx)
-        self.name, self.slug = spec, spec.replace(":", "-")
-        self.refresh_features = suffix != NO_REFRESH
-        self.mode_fixed = None if suffix == NO_REFRESH else suffix  # "asvp:ft" pins the training mode
+    Options = ASVPOptions
+    default_training = None
 
     # -- what earlier rounds decided (kept in the state file) ----------------------------------
-    def _history(self) -> Tuple[int, Optional[float], int]:
+    def history(self) -> Tuple[int, Optional[float], int]:
         """(features version in use, LogME-PED of the last check since that version, triggers so far).
 
         ``refresh`` in a round's info records that the trigger fired; ``features_version`` the
-        features selected on from then on (unchanged for ``asvp:no-refresh``)."""
+        features selected on from then on (unchanged without feature refresh)."""
         version, previous, refreshes = 0, None, 0
         for rec in self.ctx.state.method(self.name).rounds:
             info = rec.info or {}
@@ -80,15 +79,11 @@ class ASVPMethod(SVPpMethod):
                 previous = float(info["logme_ped"])
         return version, previous, refreshes
 
-    @property
-    def mode(self) -> str:  # type: ignore[override]
-        if getattr(self, "mode_fixed", None):
-            return self.mode_fixed  # type: ignore[return-value]
-        return "ft" if self._history()[2] > 0 else "lp-ft"
-
-    @mode.setter
-    def mode(self, value: str) -> None:
-        pass  # decided by the refresh history (see the property)
+    def training_mode(self) -> str:
+        """A pinned ``training`` wins; otherwise LP-FT until the trigger first fires, FT after."""
+        if self.spec.training:
+            return self.spec.training
+        return "ft" if self.history()[2] > 0 else "lp-ft"
 
     def features(self, version: int) -> np.ndarray:
         if version == 0:
@@ -99,39 +94,47 @@ class ASVPMethod(SVPpMethod):
     def select(self, round_: int, labelled: np.ndarray, k: int) -> Tuple[np.ndarray, Dict[str, Any]]:
         ctx = self.ctx
         cfg = ctx.config.asvp
-        version, previous, refreshes = self._history()
+        version, previous, refreshes = self.history()
         feats = self.features(version)
-        labels = ctx.state.labels_of(labelled)
         start = time.perf_counter()
-        order = np.argsort(labelled)  # sorted reads from the memmap
-        steps, score = 0, None
-        if refreshes < cfg.max_refreshes and np.unique(labels).size >= 2:  # PED and LogME compare classes
-            moved, steps = ped(np.asarray(feats[labelled[order]], dtype=np.float32), labels[order])
-            # LogME's Gram matrix is O(N·D²): on the proxy's GPU when there is one
-            device = str(resolve_device(ctx.config.proxy.device))
-            score = logme(moved, labels[order], device=device if device.startswith("cuda") else None) if steps > 1 else None
+        steps, score = self.check(feats, labelled, refreshes)
         forced = cfg.force_refresh_round is not None and round_ == cfg.force_refresh_round
         allowed = refreshes < cfg.max_refreshes
         refresh = forced or (allowed and should_refresh(steps, score, previous, cfg.threshold))
         info: Dict[str, Any] = {"ped_steps": int(steps), "logme_ped": score, "refresh": bool(refresh),
                                 "check_s": round(time.perf_counter() - start, 3)}
-        if refresh and not self.refresh_features:
+        if refresh and not self.options.refresh:
             info.update(features_version=version, forced=bool(forced), refresh_s=0.0)
         elif refresh:
             start = time.perf_counter()
-            model = ctx.train(labelled, "ft")
-            version = max(FeatureCache(ctx.run_dir / "cache").versions("pool") + [version]) + 1
-            feats = ctx.extract(FeatureCache(ctx.run_dir / "cache"), model.backbone, version=version,
-                                backbone_id=f"{model.backbone.backbone_id}+ft@{len(labelled)}")
+            version, feats = self.refresh_features(labelled, version)
             info.update(features_version=version, forced=bool(forced), refresh_s=round(time.perf_counter() - start, 3))
         start = time.perf_counter()
-        proxy = train_proxy(feats, labelled, labels, ctx.case.num_classes, ctx.config.proxy,
-                            seed=derive_seed(ctx.config.seed, "proxy", self.name, round_), progress=ctx.progress)
-        view = self.proxy_view(proxy, feats)
-        rows = select(ctx.config.selection.strategy, view, labelled, k, seed=self.strategy_seed(round_),
-                      space=ctx.config.selection.space)
+        rows, _ = self.select_with_proxy(feats, round_, labelled, k)
         info["proxy_s"] = round(time.perf_counter() - start, 3)
         return rows, info
 
+    def check(self, feats: np.ndarray, labelled: np.ndarray, refreshes: int) -> Tuple[int, Optional[float]]:
+        """(PED steps, LogME-PED) of the labelled rows' features; (0, None) when no check is due."""
+        ctx = self.ctx
+        labels = ctx.state.labels_of(labelled)
+        if refreshes >= ctx.config.asvp.max_refreshes or np.unique(labels).size < 2:  # PED and LogME compare classes
+            return 0, None
+        order = np.argsort(labelled)  # sorted reads from the memmap
+        moved, steps = ped(np.asarray(feats[labelled[order]], dtype=np.float32), labels[order])
+        if steps <= 1:
+            return int(steps), None
+        # LogME's Gram matrix is O(N·D²): on the proxy's GPU when there is one
+        dev = torch_device(ctx.config.proxy.device)
+        options = {"device": str(dev)} if dev.type == "cuda" else {}
+        return int(steps), logme(moved, labels[order], **options)
 
-register_method("asvp", ASVPMethod)
+    def refresh_features(self, labelled: np.ndarray, version: int) -> Tuple[int, np.ndarray]:
+        """Fine-tune on the labels so far and extract the pool into a new cache version."""
+        ctx = self.ctx
+        model = ctx.train(labelled, "ft")
+        cache = FeatureCache(ctx.run_dir / "cache")
+        version = max(cache.versions("pool") + [version]) + 1
+        feats = ctx.extract(cache, model.backbone, version=version,
+                            backbone_id=f"{model.backbone.backbone_id}+ft@{len(labelled)}")
+        return version, feats

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Protocol, Tuple, Type
 
@@ -48,11 +48,13 @@ class MethodSpec:
     method: str
     name: str = ""
     training: Optional[str] = None
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Tuple[Tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name:
             object.__setattr__(self, "name", self.method)
+        if isinstance(self.options, Mapping):  # accept a dict; stored as sorted pairs (hashable)
+            object.__setattr__(self, "options", tuple(sorted(self.options.items())))
 
     @property
     def slug(self) -> str:

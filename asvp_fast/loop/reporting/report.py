@@ -20,9 +20,11 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ... import metrics
-from ..storage.cache import atomic_write_text
-from ..engine.config import RunConfig, split_method
+from ..storage.files import atomic_write_text
+from ..engine.config import RunConfig
 from ..engine.state import RunState
+from ..methods import method_class
+from .plots import line_figure
 
 
 @dataclass
@@ -42,7 +44,8 @@ class MethodSummary:
 def summarise(state: RunState, config: RunConfig) -> List[MethodSummary]:
     random_curve = _random_curve(state)
     out = []
-    for name in config.methods:
+    for spec in config.methods:
+        name = spec.name
         m = state.methods.get(name)
         if m is None:
             continue
@@ -62,7 +65,7 @@ def summarise(state: RunState, config: RunConfig) -> List[MethodSummary]:
             bought = len(costed[-1].train_rows)
         else:
             bought = len({x for r in costed for x in r.new})
-        hours = _compute_seconds(name, costed, state) / 3600.0
+        hours = compute_seconds(method_class(spec.method).compute, costed, state) / 3600.0
         cost = float(metrics.overall_cost(bought, config.costs.label_price, hours, config.costs.hourly_price,
                                           reviews=config.costs.reviews))
         out.append(MethodSummary(name, labels, acc, [r.select_s for r in rounds], eq, ratio, avg, bought, hours, cost))
@@ -79,16 +82,18 @@ def _random_curve(state: RunState) -> Optional[tuple]:
     return np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)
 
 
-def _compute_seconds(name: str, rounds: List[Any], state: RunState) -> float:
-    base, _ = split_method(name)
+def compute_seconds(kind: str, rounds: List[Any], state: RunState) -> float:
+    """Compute seconds of ``rounds`` by a method's cost model (:attr:`Method.compute`): ``"every-round"``
+    counts every training and selection, ``"final"`` the last training only, ``"selection"`` the
+    pre-trained extraction, every selection and the last training."""
     done = [r for r in rounds if r.stage == "done"]
     if not done:
         return 0.0
     select = sum(r.select_s for r in rounds)
-    if base == "standard":
+    if kind == "every-round":
         return select + sum(r.train_s for r in done)
     final = done[-1].train_s
-    if base == "random":
+    if kind == "final":
         return final
     return state.stages.get("extract_pool_s", 0.0) + select + final
 
@@ -144,39 +149,19 @@ def _pct(x: float) -> str:
 
 
 def plot(summaries: List[MethodSummary], run_dir: Path) -> List[Path]:
-    """accuracy.png and equivalent_labels.png (the paper's figures 11 and 12)."""
+    """accuracy.png and equivalent_labels.png (the paper's figures 11 and 12); [] without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         return []
-    paths = [_figure(plt, run_dir / "accuracy.png", "test accuracy (%)",
-                     [(s.name, s.labels, [100 * a for a in s.accuracy]) for s in summaries])]
+    paths = [line_figure(run_dir / "accuracy.png", "test accuracy (%)",
+                         [(s.name, s.labels, [100 * a for a in s.accuracy]) for s in summaries])]
     with_eq = [s for s in summaries if s.equivalent is not None]
     if with_eq:
         top = max(max(s.labels) for s in with_eq)
-        paths.append(_figure(plt, run_dir / "equivalent_labels.png", "equivalent random labels",
-                             [(s.name, s.labels, s.equivalent or []) for s in with_eq], diagonal=top))
+        paths.append(line_figure(run_dir / "equivalent_labels.png", "equivalent random labels",
+                                 [(s.name, s.labels, s.equivalent or []) for s in with_eq], diagonal=top))
     return paths
-
-
-def _figure(plt: Any, path: Path, ylabel: str, series: List[Any], diagonal: Optional[float] = None) -> Path:
-    """One line per (name, x, y) against the labelled samples; ``diagonal`` draws y = x up to it."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, x, y in series:
-        ax.plot(x, y, marker="o", label=name)
-    if diagonal is not None:
-        ax.plot([0, diagonal], [0, diagonal], color="grey", linestyle=":", label="no saving")
-    ax.set_xlabel("labelled samples")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def write_report(state: RunState, config: RunConfig, run_dir: Path, *, echo: Any = print) -> Dict[str, Any]:

@@ -27,18 +27,20 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ... import metrics
 from ...transfer.logme import logme
 from ...transfer.ped import ped
-from ..storage.cache import FeatureCache, atomic_write_text
 from ..engine.config import RunConfig
-from ... import metrics
-from .report import MethodSummary, _compute_seconds, summarise
-from ..engine.runner import run
 from ..engine.state import RunState
+from ..methods import method_class
+from ..storage.cache import FeatureCache
+from ..storage.files import atomic_write_text
+from .plots import new_figure
+from .report import MethodSummary, compute_seconds, summarise
 
 
 @dataclass
@@ -74,26 +76,9 @@ def seed_dir(out_dir: Path, seed: int) -> Path:
     return Path(out_dir) / f"seed{seed}"
 
 
-def run_seeds(config: RunConfig, seeds: Sequence[int], out_dir: "Path | str", *, progress: Optional[bool] = None,
-              echo: Callable[..., Any] = print) -> Dict[int, RunState]:
-    """Run ``config`` once per seed (resuming runs already started); returns the final states."""
-    if not seeds:
-        raise ValueError("seeds must name at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds repeat a value: {list(seeds)}")
-    out = Path(out_dir)
-    states = {}
-    for seed in seeds:
-        cfg = dataclasses.replace(config, seed=int(seed))
-        where = seed_dir(out, seed)
-        echo(f"== seed {seed}: {where}")
-        states[int(seed)] = run(cfg, where, resume=(where / "state.json").exists(), progress=progress, echo=echo)
-    return states
-
-
 def traces(config: RunConfig, states: Dict[int, RunState], out_dir: "Path | str") -> Dict[int, List[TracePoint]]:
     """:func:`logme_ped_trace` of SVPp for every seed (empty without ``svpp`` in the config)."""
-    if "svpp" not in config.methods:
+    if "svpp" not in config.method_names:
         return {}
     return {seed: logme_ped_trace(state, seed_dir(Path(out_dir), seed)) for seed, state in states.items()}
 
@@ -103,7 +88,7 @@ def collect(config: RunConfig, states: Dict[int, RunState]) -> List[MethodStudy]
     per_seed = {seed: {s.name: s for s in summarise(state, dataclasses.replace(config, seed=seed))}
                 for seed, state in states.items()}
     out = []
-    for name in config.methods:
+    for name in config.method_names:
         rows = [(seed, per_seed[seed].get(name)) for seed in sorted(per_seed)]
         runs = [(seed, s) for seed, s in rows if s is not None and s.accuracy]
         if not runs:
@@ -157,7 +142,8 @@ def _cost_reaching(config: RunConfig, state: RunState, s: MethodSummary, target:
     if reached.size == 0:
         return math.nan, math.nan
     n = float(labels[0]) if reached[0] == 0 else float(metrics.equivalent_random_labels(target, labels, acc, outside="nan"))
-    hours = _compute_seconds(s.name, state.methods[s.name].rounds[: int(reached[0]) + 1], state) / 3600.0
+    kind = method_class(next(m.method for m in config.methods if m.name == s.name)).compute
+    hours = compute_seconds(kind, state.methods[s.name].rounds[: int(reached[0]) + 1], state) / 3600.0
     cost = float(metrics.overall_cost(n, config.costs.label_price, hours, config.costs.hourly_price, reviews=config.costs.reviews))
     return n, cost
 
@@ -331,13 +317,10 @@ def to_json(studies: List[MethodStudy]) -> Dict[str, Any]:
 
 def plot(studies: List[MethodStudy], path: Path, title: str = "") -> Optional[Path]:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig = new_figure((6.4, 4.4))
     except ImportError:  # pragma: no cover - the plot is optional
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax = fig.subplots()
     for st in studies:
         n = min(len(a) for a in st.accuracy)
         acc = 100 * np.array([a[:n] for a in st.accuracy])
@@ -352,28 +335,25 @@ def plot(studies: List[MethodStudy], path: Path, title: str = "") -> Optional[Pa
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if studies:  # an empty study has no lines to name
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def plot_costs(studies: List[MethodStudy], path: Path, title: str = "") -> Optional[Path]:
     """The paper's figure 13: total selection time and the overall cost of reaching random's
     accuracy at the last budget, per method (mean ± std over seeds)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return None
     shown = [st for st in studies if st.name != "random"]
     if not shown:
         return None
-    fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(9.6, 4.0))
+    try:
+        fig = new_figure((9.6, 4.0))
+    except ImportError:  # pragma: no cover
+        return None
+    ax_t, ax_c = fig.subplots(1, 2)
     names = [st.name for st in shown]
     ypos = np.arange(len(shown))
     t = [MethodStudy.mean_std(st.select_s_total) for st in shown]
@@ -402,7 +382,6 @@ def plot_costs(studies: List[MethodStudy], path: Path, title: str = "") -> Optio
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

@@ -21,13 +21,14 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from ...core.progress import task_bar
 from ...core.devices import torch_device
 from ..models.backbones.base import Backbone
+from .files import atomic_write_text, file_checksum
 
 CACHE_FORMAT = 1
 _DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -58,42 +59,6 @@ class CacheManifest:
         for key in ("checksum", "created", "seconds"):
             d.pop(key)
         return d
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def file_checksum(path: Path) -> str:
-    """blake2b-128 of the file's bytes (about 1 GB/s: cheap next to extracting the features)."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_CHECKSUM_BLOCK)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_json(path: Path, what: str) -> Dict[str, Any]:

@@ -29,7 +29,7 @@ LITE_MEAN = 127.0
 LITE_STD = 128.0
 
 
-def _resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of a float batch to ``size`` x ``size`` (antialiased when shrinking)."""
     height, width = images.shape[-2:]
     if (height, width) == (size, size):
@@ -93,7 +93,7 @@ class EfficientNetLite0(Backbone):
         x = images.float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = (_resize_square(x, self.image_size) - LITE_MEAN) / LITE_STD
+        x = (resize_square(x, self.image_size) - LITE_MEAN) / LITE_STD
         features: torch.Tensor = self.model.extract_features(x.contiguous(memory_format=torch.channels_last))
         return features.mean(dim=(2, 3))
 

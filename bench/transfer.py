@@ -1,5 +1,5 @@
-"""Transferability benchmark (``asvp-fast bench --suite transfer``): ``af.logme`` and ``af.ped``
-against their plain references (:mod:`.transfer_refs`), in one run, on the same data.
+"""Transferability suite (``asvp-fast bench --suite transfer``): ``af.logme`` and ``af.ped``
+against their plain references (transfer_refs.py), in one run, on the same data.
 
 LogME's cost is the Gram matrix FᵀF (2·N·D² flops) plus one eigendecomposition; it is reported
 as GFLOP/s of that product and as a fraction of a float64 GEMM probe measured in the same run.
@@ -18,9 +18,8 @@ from typing import Callable, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
-from ..transfer.logme import logme
-from ..transfer.ped import ped
-from .transfer_refs import logme_per_class, ped_dense
+from asvp_fast import logme, ped
+from transfer_refs import logme_per_class, ped_dense
 
 
 @dataclass

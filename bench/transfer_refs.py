@@ -1,5 +1,6 @@
 """Reference implementations for the transferability benchmark (``asvp-fast bench --suite transfer``)
-and the tests: the plain forms our LogME and PED are measured and checked against.
+and the tests (pytest puts bench/ on the path): the plain forms our LogME and PED are measured
+and checked against.
 
 * :func:`logme_per_class` – LogME the way the published implementation is organised: one
   eigendecomposition of FᵀF, then a Python loop over classes, each with its own one-hot target,

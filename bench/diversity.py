@@ -24,10 +24,9 @@ from typing import Any, Callable, List, Literal, Optional, Tuple
 
 import numpy as np
 
+import diversity_refs as refs
 from asvp_fast.acquisition.diversity import diversity_select
-
-from . import diversity_refs as refs
-from .acquisition import PeakMemory
+from measure import PeakAnonymousMemory
 
 # Within-cluster spread of the benchmark's mixture (centres ~ N(0, I)). At 0.5 the clusters are
 # separated; 0.7 ("touching") is the hard case in high dimension, where distances concentrate
@@ -75,23 +74,6 @@ QUICK_CASES = [
     DiversityCase("BADGE 5k, C=10, d=64 float32, k=100", "badge", 5_000, 64, 100, "float32", c=10,
                   references=(("labelbench-style", 0), ("materialised", 0))),
 ]
-
-
-class PeakAnonymousMemory(PeakMemory):
-    """Peak anonymous resident memory (RssAnon) above the level at entry.
-
-    Anonymous memory excludes the page cache of memory-mapped input files, which the kernel
-    reads but does not allocate."""
-
-    def current(self) -> int:
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("RssAnon:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return super().current()  # non-Linux: resident set (includes mapped file pages)
 
 
 @dataclass
@@ -289,7 +271,7 @@ def run_suite(*, quick: bool, scale: bool, threads: int, bandwidth: float,
     table) as Markdown."""
     cases = SCALE_CASES if scale else QUICK_CASES if quick else FULL_CASES
     if not quick and not reference_available("sklearn-style"):
-        raise SystemExit("the diversity benchmark needs scikit-learn and scipy: pip install 'asvp-fast[bench]'")
+        raise SystemExit("the diversity benchmark needs scikit-learn and scipy: pip install '.[bench]'")
     k_of = {c.name: c.k for c in cases}
     rows: List[DiversityRow] = []
     for case in cases:

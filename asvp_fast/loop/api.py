@@ -1,0 +1,45 @@
+"""The loop's entry points: one run with its report, and one run per seed with the study summary."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from .cases.case import Case
+from .engine.config import RunConfig
+from .engine.runner import execute
+from .engine.state import RunState
+from .reporting.report import write_report
+from .reporting.study import seed_dir
+
+
+def run(config: RunConfig, run_dir: "Path | str", *, resume: bool = False, progress: Optional[bool] = None,
+        echo: Any = print, report: bool = True, case: Optional[Case] = None) -> RunState:
+    """Run (or resume) a configured experiment in ``run_dir``; returns the final state.
+
+    ``case``: a user-built :class:`~asvp_fast.loop.Case` instead of the config's ``[data]`` case.
+    ``report``: write ``results.md`` and the plots at the end (and echo the table).
+    """
+    state = execute(config, run_dir, resume=resume, progress=progress, echo=echo, case=case)
+    if report:
+        write_report(state, config, Path(run_dir), echo=echo)
+    return state
+
+
+def run_seeds(config: RunConfig, seeds: Sequence[int], out_dir: "Path | str", *, progress: Optional[bool] = None,
+              echo: Callable[..., Any] = print) -> Dict[int, RunState]:
+    """Run ``config`` once per seed in ``out_dir/seed<S>`` (resuming runs already started); returns
+    the final states (see :mod:`.reporting.study` for the summary)."""
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat a value: {list(seeds)}")
+    out = Path(out_dir)
+    states = {}
+    for seed in seeds:
+        cfg = dataclasses.replace(config, seed=int(seed))
+        where = seed_dir(out, seed)
+        echo(f"== seed {seed}: {where}")
+        states[int(seed)] = run(cfg, where, resume=(where / "state.json").exists(), progress=progress, echo=echo)
+    return states

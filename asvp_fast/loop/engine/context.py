@@ -1,0 +1,104 @@
+"""What the engine hands to methods: the run's config, case, state, cache and training (a
+:class:`~..methods.base.MethodContext`), and the case a config names."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..cases import builtin
+from ..cases.case import Case
+from ..methods import derive_seed
+from ..models.backbones.base import Backbone
+from ..models.classifier import Classifier, accuracy, predict
+from ..models.trainers import train_classifier
+from ..storage.cache import FeatureCache
+from ..storage.files import remove_if_exists
+from .config import RunConfig
+from .state import RunState
+
+
+def build_case(cfg: RunConfig) -> Case:
+    """The data case a config names (cheap: lists files / reads the shipped subsets)."""
+
+    d = cfg.data
+    sizes = {k: v for k, v in (("pool_size", d.pool_size), ("test_size", d.test_size)) if v is not None}
+    if d.case == "wordnet-nouns":
+        return builtin.wordnet_nouns_case(**sizes, seed=d.seed, max_length=d.max_length)
+    if d.case == "fashion-mnist":
+        return builtin.fashion_mnist_case(**sizes, seed=d.seed, **({"image_size": d.image_size} if d.image_size else {}))
+    if d.case == "synthetic":
+        return builtin.synthetic_case(**sizes, seed=d.seed)
+    return builtin.imagefolder_case(str(cfg.path(d.train_dir)), str(cfg.path(d.test_dir)),
+                                 checkpoint=str(cfg.path(d.checkpoint)) if d.checkpoint else None,
+                                 image_size=d.image_size or 224, pool_size=d.pool_size, test_size=d.test_size, seed=d.seed)
+
+
+@dataclass
+class RunContext:
+    """What methods see of the run."""
+
+    config: RunConfig
+    case: Case
+    run_dir: Path
+    state: RunState
+    progress: Optional[bool]
+    pool_features_or_none: Optional[np.ndarray] = None
+    _pristine: Optional[Backbone] = None
+
+    @property
+    def n_pool(self) -> int:
+        return len(self.case.pool)  # type: ignore[arg-type]
+
+    @property
+    def work_dir(self) -> Path:
+        path = self.run_dir / "work"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def pool_features(self) -> np.ndarray:
+        if self.pool_features_or_none is None:
+            raise RuntimeError("the pre-trained feature cache was not extracted for this run")
+        return self.pool_features_or_none
+
+    @property
+    def needs_embedding(self) -> bool:
+        return self.config.selection.strategy in ("coreset", "badge", "activeft")
+
+    def extract(self, cache: FeatureCache, backbone: Backbone, *, version: int, backbone_id: Optional[str] = None) -> np.ndarray:
+        c = self.config.cache
+        return cache.extract(backbone, self.case.pool, self.case.collate, split="pool", dataset_id=self.case.dataset_id,
+                             version=version, backbone_id=backbone_id, dtype=c.dtype, batch_size=c.batch_size,
+                             num_workers=c.num_workers, device=c.device, lengths=self.case.pool_lengths,
+                             progress=self.progress)
+
+    def drop_cache_version(self, cache: FeatureCache, version: int) -> None:
+        m = cache.manifest(version=version, split="pool")
+        remove_if_exists(cache.manifest_path("pool", version))
+        remove_if_exists(cache.data_path("pool", version, m.dtype))
+
+    def fresh_backbone(self) -> Backbone:
+        """A copy of the pre-trained backbone (loaded from disk once per run, copied per training)."""
+        if self._pristine is None:
+            self._pristine = self.case.make_backbone()
+        return copy.deepcopy(self._pristine)
+
+    def train(self, rows: np.ndarray, mode: str) -> Classifier:
+        """The target model trained on ``rows`` (seeded by the label count: methods share round 0)."""
+        cfg = replace(self.config.training, mode=mode)
+        return train_classifier(self.fresh_backbone, self.case.pool, self.case.collate, rows,
+                                self.state.labels_of(rows), self.case.num_classes, cfg,
+                                seed=derive_seed(self.config.seed, "train", len(rows)),
+                                lp_features=self.pool_features_or_none, progress=self.progress)
+
+    def evaluate(self, model: Classifier) -> float:
+        pred = predict(model, self.case.test, self.case.collate, self.config.training, lengths=self.case.test_lengths,
+                       progress=self.progress)
+        return accuracy(pred, self.case.test_labels)
+
+
