@@ -65,6 +65,7 @@ Everything here is plain NumPy (float64).
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Literal, Sequence, Tuple, Union, overload
 
@@ -109,9 +110,20 @@ def _is_scalar(value: Any) -> bool:
 
 
 def _as_finite(value: Any, name: str) -> FloatArray:
-    """``value`` as a float64 array; ValueError naming ``name`` if not numeric or not finite."""
+    """``value`` as a float64 array; ValueError naming ``name`` if not numeric or not finite.
+
+    Real numbers only: strings (even "0.5"), booleans, complex numbers and dates are not numeric
+    here, and an integer too large for float64 is named instead of raising OverflowError.
+    """
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise ValueError(f"{name} must be numeric, got {type(value).__name__} {value!r}")
     try:
-        array = np.asarray(value, dtype=np.float64)
+        raw = np.asarray(value)
+        if raw.dtype.kind not in "iufO":  # bool, complex, str, bytes, dates, structured
+            raise TypeError(f"dtype {raw.dtype}")
+        array = raw.astype(np.float64)
+    except OverflowError as exc:  # Python integers beyond float64 (10**400)
+        raise ValueError(f"{name} holds a value too large for float64") from exc
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be numeric, got {value!r}") from exc
     if not np.all(np.isfinite(array)):
@@ -211,8 +223,20 @@ def _extrapolate_above(target: FloatArray, labels: FloatArray, accuracy: FloatAr
     return result
 
 
+def _common_scale(target: FloatArray, accuracy: FloatArray) -> Tuple[FloatArray, FloatArray]:
+    """Accuracies beyond ±2^1000 divided by one power of two (exact), so that their differences
+    cannot overflow; N2 depends only on ratios of accuracy differences. Ordinary accuracies are
+    returned as they are."""
+    peak = max(float(np.max(np.abs(target), initial=0.0)), float(np.max(np.abs(accuracy))))
+    excess = math.frexp(peak)[1] - 1000
+    if excess <= 0:
+        return target, accuracy
+    return np.ldexp(target, -excess), np.ldexp(accuracy, -excess)
+
+
 def _equivalent(target: FloatArray, labels: FloatArray, accuracy: FloatArray, outside: str) -> FloatArray:
     """N2 for every entry of ``target`` (validated inputs), following the ``outside`` mode."""
+    target, accuracy = _common_scale(target, accuracy)
     result = _first_crossing(target, labels, accuracy)
     below = target < accuracy[0]
     above = np.isnan(result)
@@ -285,8 +309,9 @@ def equivalent_random_labels(
     ------
     ValueError
         If ``accuracy``, ``random_labels`` or ``random_accuracy`` is not numeric or holds NaN or
-        inf; the random curve is not 1-D, has mismatched lengths, fewer than 2 points, negative
-        or non-increasing label counts; or ``outside`` is unknown.
+        inf (strings, booleans and complex numbers are not numeric; integers beyond float64 are
+        named too); the random curve is not 1-D, has mismatched lengths, fewer than 2 points,
+        negative or non-increasing label counts; or ``outside`` is unknown.
 
     Examples
     --------
@@ -321,9 +346,15 @@ def _saving_ratios(
             "(random_labels starts at 0, or outside='extrapolate' reached 0), so the ratio (N2 - N1) / N2 "
             "is undefined; start random_labels above 0 or use outside='clip' or 'nan'"
         )
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         # An extrapolation past float range (N2 = inf) saves everything: the limit of the ratio.
         ratios: FloatArray = np.where(np.isposinf(n2), 1.0, (n2 - n1) / n2)
+    overflow = np.isinf(ratios)
+    if np.any(overflow):  # N1 more than 1e308 times N2 (N2 a sub-normal number of labels)
+        raise ValueError(
+            f"the sample saving ratio overflows float64 at round index {np.flatnonzero(overflow).tolist()}: "
+            f"n_labels {n1[overflow].tolist()} against N2 {n2[overflow].tolist()}"
+        )
     return ratios
 
 
@@ -381,8 +412,9 @@ def sample_saving_ratio(
     ------
     ValueError
         For the input errors of :func:`equivalent_random_labels`; if ``n_labels`` is negative,
-        not finite or not the shape of ``accuracy``; or if ``N2`` is 0 for some round (the
-        ratio is undefined there).
+        not finite or not the shape of ``accuracy``; if ``N2`` is 0 for some round (the
+        ratio is undefined there); or if a ratio overflows float64 (``N1`` more than 1e308
+        times ``N2``).
 
     Examples
     --------
@@ -430,7 +462,13 @@ def average_sample_saving_ratio(
     if ratios.size == 0:
         raise ValueError("n_labels and accuracy are empty: there are no rounds to average")
     kept = ratios[~np.isnan(ratios)]
-    return float(np.mean(kept)) if kept.size else float("nan")
+    if not kept.size:
+        return float("nan")
+    with np.errstate(over="ignore"):
+        mean = float(np.mean(kept))
+    if not math.isfinite(mean):  # the sum passed float range: average the shares instead
+        mean = float(np.sum(kept / kept.size))
+    return mean
 
 
 @overload
@@ -479,15 +517,20 @@ def overall_cost(
     ------
     ValueError
         If any of the four is negative, not numeric or not finite, they do not broadcast
-        together, or ``reviews`` is not an integer >= 1.
+        together, ``reviews`` is not an integer >= 1 (or beyond float64), or the cost itself
+        overflows float64.
 
     Examples
     --------
     >>> round(overall_cost(1000, 0.012, 2.5, 3.06, reviews=3), 6)  # 36 + 7.65
     43.65
     """
-    if isinstance(reviews, bool) or not isinstance(reviews, numbers.Integral) or reviews < 1:
+    if isinstance(reviews, (bool, np.bool_)) or not isinstance(reviews, numbers.Integral) or reviews < 1:
         raise ValueError(f"reviews must be an integer >= 1, got {reviews!r}")
+    try:
+        per_item = float(reviews)
+    except OverflowError as exc:
+        raise ValueError("reviews is too large for float64") from exc
     values = {"n_labels": n_labels, "label_price": label_price, "train_hours": train_hours,
               "hourly_price": hourly_price}
     arrays = {name: _as_finite(value, name) for name, value in values.items()}
@@ -498,5 +541,10 @@ def overall_cost(
     except ValueError as exc:
         shapes = ", ".join(f"{name} {array.shape}" for name, array in arrays.items())
         raise ValueError(f"n_labels, label_price, train_hours and hourly_price do not broadcast: {shapes}") from exc
-    cost = n1 * p_l * int(reviews) + hours * hourly
+    with np.errstate(over="ignore", invalid="ignore"):
+        cost = n1 * p_l * per_item + hours * hourly
+    if not np.all(np.isfinite(cost)):
+        raise ValueError(
+            "the overall cost n_labels * label_price * reviews + train_hours * hourly_price overflows float64"
+        )
     return float(cost) if all(_is_scalar(value) for value in values.values()) else cost

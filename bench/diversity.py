@@ -16,6 +16,7 @@ see diversity_refs.make_clustered), it measures:
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -197,7 +198,7 @@ def _run_case(case: DiversityCase, features: Any, probs: Any, threads: int, band
             continue
         m = picks_timed or case.k
         run = reference_runner(name, features, probs, int(picks[0]))
-        ref_s, ref_extra, ref_picks = timed(lambda: run(m))
+        ref_s, ref_extra, ref_picks = timed(functools.partial(run, m))
         total = ref_s * case.k / m
         rows.append(DiversityRow(case.name, name, m, total, total / seconds, ref_extra, None, None,
                                  _same_picks(picks, np.asarray(ref_picks), case.method)))

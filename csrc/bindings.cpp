@@ -6,9 +6,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "array_view.h"
 #include "cpu_features.h"
@@ -152,6 +154,24 @@ void require(bool ok, const std::string& message) {
   if (!ok) throw py::value_error(message);
 }
 
+// More threads than this is never useful on one machine, and libgomp runs out of stack long
+// before 10^6 of them; larger requests are clamped (the Python layer does the same).
+constexpr int64_t kMaxThreads = 1024;
+
+int clamp_threads(int64_t threads) {
+  require(threads >= 0, "threads must be 0 (all cores) or a positive number, got " + std::to_string(threads));
+  return static_cast<int>(std::min(threads, kMaxThreads));
+}
+
+// Rows of a host mask (uint8 or bool, 1-D, any stride) that are set.
+int64_t count_set(const ArrayView& mask) {
+  if (mask.empty() || mask.device != DeviceKind::CPU) return 0;
+  const auto* bytes = static_cast<const uint8_t*>(mask.data);
+  int64_t count = 0;
+  for (int64_t i = 0; i < mask.shape[0]; ++i) count += bytes[i * mask.strides[0]] != 0;
+  return count;
+}
+
 void check_vector(const ArrayView& v, int64_t length, std::initializer_list<DType> dtypes, const std::string& what,
                   const ArrayView& x) {
   if (v.empty()) return;
@@ -183,7 +203,7 @@ std::function<bool(int64_t, int64_t)> progress_hook(const py::object& progress,
 }
 
 void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool validate, const py::object& exclude_obj,
-                     const py::object& scores_obj, const py::object& indices_obj, int64_t k, int threads,
+                     const py::object& scores_obj, const py::object& indices_obj, int64_t k, int64_t threads,
                      bool release_pages, int64_t chunk_bytes, bool use_cuda, uintptr_t stream,
                      const py::object& progress) {
   Keepalive keep;
@@ -202,13 +222,15 @@ void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool v
   check_vector(p.scores_out, N, {DType::Float32}, "scores output", p.x);
   check_vector(p.indices_out, k, {DType::Int64}, "indices output", p.x);
   require(k >= 0 && k <= N, "k must lie in [0, N]");
+  // A mask in host memory is counted here; one on the GPU was counted by the Python layer.
+  require(k <= N - count_set(p.exclude), "k is larger than the rows that are not excluded");
   require(p.x.cols() >= 1, "x must have at least one class (column)");
   p.kind = static_cast<Kind>(kind);
   p.from_logits = from_logits;
   p.validate = validate;
   p.sum_tolerance = default_sum_tolerance(p.x.dtype);
   p.k = k;
-  p.threads = threads;
+  p.threads = clamp_threads(threads);
   p.release_pages = release_pages;
   p.chunk_bytes = chunk_bytes > 0 ? chunk_bytes : p.chunk_bytes;
   p.cuda_stream = stream;
@@ -252,10 +274,31 @@ std::string describe_diversity_error(const DiversityStats& st, double tolerance)
   }
 }
 
+// Rows that are neither labelled nor excluded (both already checked: in range, host, contiguous).
+// A repeated labelled row would make N - L undercount the centres and let a pick run out of rows.
+int64_t pickable_rows(const ArrayView& labeled, const ArrayView& exclude, int64_t n) {
+  std::vector<uint8_t> taken(static_cast<size_t>(n), 0);
+  if (!exclude.empty()) {
+    const auto* mask = static_cast<const uint8_t*>(exclude.data);
+    for (int64_t i = 0; i < n; ++i) taken[static_cast<size_t>(i)] = mask[i] != 0;
+  }
+  const int64_t L = labeled.empty() ? 0 : labeled.shape[0];
+  const auto* rows = static_cast<const int64_t*>(labeled.data);
+  std::vector<uint8_t> seen(L > 0 ? static_cast<size_t>(n) : 0, 0);
+  for (int64_t j = 0; j < L; ++j) {
+    require(!seen[static_cast<size_t>(rows[j])], "labeled contains row " + std::to_string(rows[j]) + " more than once");
+    seen[static_cast<size_t>(rows[j])] = 1;
+    taken[static_cast<size_t>(rows[j])] = 1;
+  }
+  int64_t free_rows = 0;
+  for (uint8_t t : taken) free_rows += t == 0;
+  return free_rows;
+}
+
 py::dict run_diversity(int method, const py::object& features_obj, const py::object& scores_obj, bool from_logits,
                        bool validate, const py::object& labeled_obj, const py::object& nearest_obj,
                        const py::object& exclude_obj, const py::object& picks_obj, const py::object& distances_obj,
-                       int64_t k, uint64_t seed, int threads, bool prune, bool use_cuda, uintptr_t stream,
+                       int64_t k, uint64_t seed, int64_t threads, bool prune, bool use_cuda, uintptr_t stream,
                        const py::object& progress) {
   Keepalive keep;
   DiversityParams p;
@@ -307,12 +350,14 @@ py::dict run_diversity(int method, const py::object& features_obj, const py::obj
   host_vector(p.distances_out, k, DType::Float32, "distances output");
   require(!p.picks_out.empty(), "picks output is required");
   require(k >= 1 && k <= N - L, "k must lie in [1, rows that may be picked]");
+  require(k <= pickable_rows(p.labeled, p.exclude, N),
+          "k is larger than the rows that may be picked (neither labelled nor excluded)");
   p.from_logits = from_logits;
   p.validate = validate;
   p.sum_tolerance = default_sum_tolerance(p.scores.empty() ? DType::Float32 : p.scores.dtype);
   p.k = k;
   p.seed = seed;
-  p.threads = threads;
+  p.threads = clamp_threads(threads);
   p.prune = prune;
   if (!use_cuda) require(p.features.device == DeviceKind::CPU, "features are on a CUDA device; use the CUDA path");
 #if !defined(ASVP_WITH_CUDA)
@@ -333,6 +378,7 @@ py::dict run_diversity(int method, const py::object& features_obj, const py::obj
   }
   if (pending) throw *pending;
   if (st.bad_row >= 0) throw py::value_error(describe_diversity_error(st, p.sum_tolerance));
+  require(!st.no_candidate, "a pick found no row left to pick");
   py::dict out;
   out["distances_possible"] = st.distances_possible;
   out["distances_computed"] = st.distances_computed;

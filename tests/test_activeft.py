@@ -527,6 +527,11 @@ def test_zero_columns():
         ({"temperature": 0.0}, ValueError, "temperature must be a finite number > 0"),
         ({"temperature": float("nan")}, ValueError, "temperature"),
         ({"lr": -1e-3}, ValueError, "lr must be"),
+        ({"lr": 3.4e37}, ValueError, "lr must be at most"),  # overflowed Adam's float32 step
+        ({"iterations": 10**9}, ValueError, "iterations must be <="),
+        ({"threads": 0}, ValueError, "threads must be"),
+        ({"threads": 1.0}, TypeError, "threads must be"),
+        ({"progress": "no"}, TypeError, "progress must be True or False"),
         ({"balance": 0.0}, ValueError, "balance must be"),
         ({"iterations": -1}, ValueError, "iterations must be >= 0"),
         ({"iterations": 1.5}, TypeError, "iterations must be an integer"),

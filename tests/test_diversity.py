@@ -486,6 +486,31 @@ def test_badge_without_x_is_a_type_error():
         diversity_select("badge", make_points(25, 20, 3, "gaussian"), 2)
 
 
+def test_native_layer_checks_its_own_preconditions(rng):
+    # What the Python layer rules out, the compiled module must not turn into an out-of-bounds
+    # read: a repeated labelled row, k beyond the rows neither labelled nor excluded, bad threads.
+    x = rng.standard_normal((50, 3)).astype(np.float32)
+    picks = np.empty(5, np.int64)
+    lab = np.array([1, 1, 2], np.int64)
+    nearest = np.zeros(50, np.int64)
+    with pytest.raises(ValueError, match="labeled contains row 1 more than once"):
+        _C.diversity(0, x, None, False, True, lab, nearest, None, picks, None, 5, 0, 0, True, False, 0)
+    mask = np.ones(50, np.uint8)
+    mask[:4] = 0
+    with pytest.raises(ValueError, match="k is larger than the rows that may be picked"):
+        _C.diversity(1, x, None, False, True, None, None, mask, picks, None, 5, 0, 0, True, False, 0)
+    with pytest.raises(ValueError, match="threads must be 0"):
+        _C.diversity(1, x, None, False, True, None, None, None, picks, None, 5, 0, -1, True, False, 0)
+    _C.diversity(1, x, None, False, True, None, None, None, picks, None, 5, 0, 2**40, True, False, 0)
+    assert len(set(picks.tolist())) == 5
+    p = rng.dirichlet(np.ones(3), 50).astype(np.float32)
+    indices = np.empty(5, np.int64)
+    with pytest.raises(ValueError, match="k is larger than the rows that are not excluded"):
+        _C.uncertainty(p, 0, False, True, mask, None, indices, 5, 0, False, 0, False, 0)
+    _C.uncertainty(p, 0, False, True, None, None, indices, 5, 2**40, False, 0, False, 0)
+    np.testing.assert_array_equal(indices, af.select_uncertain(p, 5))
+
+
 def test_an_exception_in_the_progress_callback_cancels_the_run(rng):
     x = rng.standard_normal((500, 4)).astype(np.float32)
     picks = np.empty(20, np.int64)

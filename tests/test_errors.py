@@ -125,15 +125,65 @@ def test_unknown_kind(probs):
         af.select_uncertain(probs, 3, "margins")
 
 
-@pytest.mark.parametrize("threads", [0, -2, 1.5])
-def test_bad_threads(probs, threads):
-    with pytest.raises(ValueError, match="threads must be"):
+@pytest.mark.parametrize("threads", [0, -2])
+def test_non_positive_threads(probs, threads):
+    with pytest.raises(ValueError, match="threads must be None or a positive integer"):
         af.scores(probs, "margin", threads=threads)
 
 
-def test_bad_device(probs):
+@pytest.mark.parametrize("threads", [1.5, 2.0, "2", True, [2]])
+def test_threads_of_the_wrong_type(probs, threads):
+    with pytest.raises(TypeError, match="threads must be None or a positive integer"):
+        af.select_uncertain(probs, 3, threads=threads)
+
+
+@pytest.mark.parametrize("threads", [1024, 10**6, 2**31, 2**63, 10**30])
+def test_huge_thread_counts_are_clamped(probs, threads):
+    # Regression: threads=10**6 crashed the process (libgomp ran out of stack) and 2**31
+    # leaked a pybind11 signature error; requests above 1024 threads are clamped to 1024.
+    np.testing.assert_array_equal(af.scores(probs, "entropy", threads=threads), af.scores(probs, "entropy", threads=1))
+    np.testing.assert_array_equal(af.select_uncertain(probs, 7, threads=threads), af.select_uncertain(probs, 7, threads=1))
+
+
+@pytest.mark.parametrize("name", ["from_logits", "validate"])
+@pytest.mark.parametrize("value", ["False", "True", 0, 1, None, np.array([True])])
+def test_flags_must_be_booleans(probs, name, value):
+    # Regression: from_logits="False" and validate="False" were taken as True.
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        af.scores(probs, "margin", **{name: value})
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        af.select_uncertain(probs, 2, **{name: value})
+
+
+def test_numpy_booleans_are_flags(probs):
+    np.testing.assert_array_equal(af.scores(probs, "margin", validate=np.bool_(False)), af.scores(probs, "margin"))
+
+
+@pytest.mark.parametrize("kind", [["margin"], ("margin",), {"margin"}, b"margin", 0, None])
+def test_kind_of_the_wrong_type(probs, kind):
+    # Regression: kind=["margin"] gave "unhashable type: 'list'".
+    with pytest.raises(TypeError, match="uncertainty kind must be one of"):
+        af.select_uncertain(probs, 3, kind)
+    with pytest.raises(TypeError, match="uncertainty kind must be one of"):
+        af.scores(probs, kind)
+
+
+@pytest.mark.parametrize("progress", ["yes", "False", 1, [True]])
+def test_progress_must_be_none_or_a_boolean(probs, progress):
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        af.select_uncertain(probs, 3, progress=progress)
+
+
+@pytest.mark.parametrize("device", ["gpu", "tpu", "cuda:", "cuda:x", "cuda:-1", ""])
+def test_misspelled_device(probs, device):
     with pytest.raises(ValueError, match="device must be one of"):
-        af.scores(probs, "margin", device="gpu")
+        af.scores(probs, "margin", device=device)
+
+
+@pytest.mark.parametrize("device", [5, None, ["cpu"], b"cpu"])
+def test_device_of_the_wrong_type(probs, device):
+    with pytest.raises(TypeError, match="device must be one of"):
+        af.select_uncertain(probs, 2, device=device)
 
 
 def test_cuda_requested_without_device(probs):

@@ -117,8 +117,9 @@ def _evidence_by_path(f, y, by_rows, iters=10):
     from asvp_fast.transfer import logme as lm
 
     classes, inverse = np.unique(y, return_inverse=True)
-    sigma, proj, ysq = lm._spectral_terms(f, inverse, classes.size, by_rows=by_rows)
-    return float(np.mean(lm._max_evidence(sigma, proj, ysq, f.shape[0], f.shape[1], max_iter=iters, tol=0.0)) / f.shape[0])
+    sigma, proj, ysq, exponent = lm._spectral_terms(f, inverse, classes.size, by_rows=by_rows)
+    evidence = lm._max_evidence(sigma, proj, ysq, f.shape[0], f.shape[1], max_iter=iters, tol=0.0, exponent=exponent)
+    return float(np.mean(evidence) / f.shape[0])
 
 
 @settings(max_examples=30, deadline=None)

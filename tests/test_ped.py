@@ -96,7 +96,8 @@ def test_reference_statistics_and_inputs(rng):
     ot, nt = ped(torch.from_numpy(X), torch.from_numpy(y), step_size=0.9)
     base, nb = ped(X, y, step_size=0.9)
     assert nt == nb
-    np.testing.assert_array_equal(ot, base)
+    assert isinstance(ot, torch.Tensor) and ot.dtype == torch.float64  # outputs follow the input
+    np.testing.assert_array_equal(ot.numpy(), base)
 
 
 def test_memmap_float16(tmp_path, rng):
@@ -162,7 +163,6 @@ def test_large_class_count_memory():
     ((np.zeros((4, 3)), np.zeros((4, 1), dtype=int)), {}, "labels must have shape"),
     ((np.zeros(4), np.zeros(4, dtype=int)), {}, "2-D"),
     ((np.zeros((4, 3)), np.zeros(4, dtype=int)), {}, "at least 2 classes"),
-    ((np.zeros((4, 3)), np.zeros(4)), {}, "integers"),
     ((np.zeros((4, 3)), np.array([0, 1, 0, 1])), {"steps": 1}, "steps"),
     ((np.zeros((4, 3)), np.array([0, 1, 0, 1])), {"step_size": 0.0}, "step_size"),
     ((np.zeros((4, 3)), np.array([0, 1, 0, 1])), {"exit_ratio": 1.0}, "exit_ratio"),
@@ -172,6 +172,19 @@ def test_large_class_count_memory():
 def test_errors(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         ped(*args, **kwargs)
+
+
+@pytest.mark.parametrize("labels,kwargs,match", [
+    (np.zeros(4), {}, "labels must be integers"),
+    (np.array([0, 1, 0, 1]), {"steps": 2.0}, "steps must be an integer"),
+    (np.array([0, 1, 0, 1]), {"step_size": "0.1"}, "step_size must be a real number"),
+    (np.array([0, 1, 0, 1]), {"exit_ratio": True}, "exit_ratio must be a real number"),
+    (np.array([0, 1, 0, 1]), {"reference": np.zeros(3)}, "reference must be a \\(mean, std\\) pair"),
+    (np.array([0, 1, 0, 1]), {"device": 0}, "device must be one of"),
+])
+def test_type_errors(labels, kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        ped(np.zeros((4, 3)), labels, **kwargs)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

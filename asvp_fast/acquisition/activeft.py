@@ -78,12 +78,16 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 
 from .activeft_pool import normalised_float32, rows_per_tile, unique_nearest_assignment
 
-__all__ = ["activeft_select", "DEFAULT_TEMPERATURE", "DEFAULT_BALANCE", "MAX_ITERATIONS", "LossNotFiniteError"]
+__all__ = ["activeft_select", "DEFAULT_TEMPERATURE", "DEFAULT_BALANCE", "MAX_ITERATIONS", "MAX_LR",
+           "LossNotFiniteError"]
 
 #: Temperature of the similarities (the paper's and the authors' default).
 DEFAULT_TEMPERATURE = 0.07
 #: Weight of the repulsion sum against the attraction term (the authors' default ``--balance``).
 DEFAULT_BALANCE = 1.0
+#: The largest learning rate accepted. Centroids live on the unit sphere, so a step of about 1
+#: already jumps across it; far larger rates overflow Adam's float32 step (lr / (1 - beta1)).
+MAX_LR = 1e6
 #: The most Adam steps one call may ask for (the authors use 100-300): a typo such as
 #: ``iterations=10**9`` is an error instead of a run that never ends.
 MAX_ITERATIONS = 100_000
@@ -148,7 +152,7 @@ def activeft_select(
         Adam steps (300 is the authors' setting for CIFAR; they use 100 with ``batch_size``
         100,000 on ImageNet). ``0`` keeps the random initial centroids.
     lr : float, default 1e-3
-        Adam learning rate (constant, as in the authors' default).
+        Adam learning rate (constant, as in the authors' default); at most :data:`MAX_LR`.
     balance : float, default 1.0
         Weight of the centroid-centroid repulsion sum against the attraction term.
     batch_size : int, optional
@@ -182,8 +186,8 @@ def activeft_select(
         Wrong ndim; k < 0 or larger than the number of unlabelled rows; a row with NaN/Inf (the
         first one is named) or of zero norm (it has no direction to normalise); a ``labeled``
         index out of range, repeated, or a mask of the wrong length; a non-positive temperature,
-        learning rate or balance; more than :data:`MAX_ITERATIONS` iterations; a bad batch
-        size, device spelling or thread count.
+        learning rate or balance; a learning rate above :data:`MAX_LR` or more than
+        :data:`MAX_ITERATIONS` iterations; a bad batch size, device spelling or thread count.
     TypeError
         Non-numeric features; non-integer k / iterations / seed / batch size / threads; a
         non-boolean progress; a device that is not a string.
@@ -256,7 +260,7 @@ class _Options:
         return cls(
             temperature=parse_positive_real(temperature, "temperature"),
             iterations=parse_int(iterations, "iterations", minimum=0, maximum=MAX_ITERATIONS),
-            lr=parse_positive_real(lr, "lr"),
+            lr=parse_positive_real(lr, "lr", maximum=MAX_LR),
             # balance = 0 would make every loss term log(1) = 0: nothing left to optimise.
             balance=parse_positive_real(balance, "balance"),
             batch_size=None if batch_size is None else parse_int(batch_size, "batch_size", minimum=1),

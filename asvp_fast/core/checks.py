@@ -111,13 +111,15 @@ def parse_int(value: Any, name: str, *, minimum: int = 0, maximum: Optional[int]
     return int(value)
 
 
-def parse_positive_real(value: Any, name: str) -> float:
-    """A finite real number > 0 (temperatures, learning rates, weights)."""
+def parse_positive_real(value: Any, name: str, *, maximum: Optional[float] = None) -> float:
+    """A finite real number > 0 (temperatures, learning rates, weights), at most ``maximum``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     number = float(value)
     if not (math.isfinite(number) and number > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name} must be at most {maximum:g}, got {value}")
     return number
 
 

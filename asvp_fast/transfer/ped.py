@@ -22,15 +22,25 @@ Implementation notes
 * Pairwise centre distances come from the Gram matrix (``C x C``); the repulsion is accumulated
   through a ``C x C`` weight matrix ``W`` (sparse when few pairs overlap):
   ``disp = rowsum(W)[:, None] * M - W @ M``. No ``C x C x D`` tensor is ever built.
+* Devices: the streaming passes over the N rows run with NumPy on the CPU, or with torch on a
+  CUDA device (``device="cuda"``, or ``"auto"`` for a CUDA tensor); the dynamics on the small
+  ``C x D`` centres always run with NumPy. The output follows the input: NumPy for NumPy/memmap
+  input, a torch tensor on the input's device for torch input.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+import math
+import numbers
+from typing import Any, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["ped"]
+from ..core.checks import is_torch_tensor, parse_device, parse_int, parse_threads
+from ..core.devices import torch_device
+from ..core.threads import limit_threads
+
+__all__ = ["MAX_STEPS", "ped"]
 
 # Defaults, all from the authors' public code (github.com/lixiaotong97/PED, evaluate_metric_cpu.py
 # argparse defaults and metrics.py:PED_Score / One_Step_PED).
@@ -41,27 +51,37 @@ DEFAULT_EXIT_RATIO = 0.5  # `--er 0.5`
 DEFAULT_CONSTANT = 1.0  # `--constant 1` (force constant; acceleration = constant * overlap)
 DEFAULT_EPS = 1e-3  # std floor used when standardising
 
+MAX_STEPS = 1000
+"""The largest ``steps`` accepted. Each step costs O(C²·D); the authors use 6, and with
+``exit_ratio=0`` a run goes on until no pair overlaps, which a typo in ``steps`` (10**9) turned into
+hours."""
+
+# |feature| and |reference| values above this (2^480, about 3.1e144) would overflow the float64
+# sums of squares; eps outside [1e-100, 1e100] would overflow or underflow 1/std².
+MAX_ABS_VALUE = 2.0**480
+EPS_RANGE = (1e-100, 1e100)
+# Standardised centres and ball radii above this would overflow the dynamics' squared distances.
+_MAX_GEOMETRY = 2.0**400
+
 # Below this fraction of overlapping pairs the weight matrix is applied as a sparse matrix.
 _SPARSE_FRACTION = 0.05
 
 
-def _to_numpy(x: Any, name: str) -> np.ndarray:
-    if type(x).__module__.split(".")[0] == "torch":
-        x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
-    return arr
+class _Options(NamedTuple):
+    steps: int
+    step_size: float
+    nsigma: float
+    exit_ratio: float
+    constant: float
+    eps: float
+    chunk_rows: Optional[int]
 
 
-def _chunk_rows(n: int, d: int, target_bytes: int = 32 << 20) -> int:
-    return max(1, min(n, target_bytes // max(1, 8 * d)))
-
-
-def _add_rows_sorted(target: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> None:
-    """``target[idx[k]] += vals[k]`` for ascending ``idx`` (segment sums, deterministic)."""
-    if idx.size == 0:
-        return
-    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
-    target[idx[starts]] += np.add.reduceat(vals, starts, axis=0)
+class _Statistics(NamedTuple):
+    mean: np.ndarray  # (D,) standardisation centre
+    std: np.ndarray  # (D,) standardisation scale, floored at eps
+    centres: np.ndarray  # (C, D) class means, standardised
+    reach: np.ndarray  # (C,) ball radius |nsigma| * R_c
 
 
 def ped(
@@ -76,43 +96,54 @@ def ped(
     constant: float = DEFAULT_CONSTANT,
     eps: float = DEFAULT_EPS,
     chunk_rows: Optional[int] = None,
-) -> Tuple[np.ndarray, int]:
+    device: Any = "auto",
+    threads: Optional[int] = None,
+) -> Tuple[Any, int]:
     """Run PED feature dynamics and return the moved features.
 
     Parameters
     ----------
     features : array_like (N, D)
-        Any floating dtype (float16/32/64, memory maps included) or a torch tensor.
+        Any real dtype (float16, bfloat16, float32, float64, integers; memory maps included) or
+        a torch tensor on any device. Every value finite and at most :data:`MAX_ABS_VALUE`
+        (about 3.1e144) in magnitude.
     labels : array_like of int (N,)
         Class labels; any integer values (remapped internally). At least two classes.
     steps : int
-        Maximum number of dynamics iterations (force evaluations), ``>= 2`` so that a run that
-        moves anything always reports ``n_iterations >= 2`` (see below).
+        Maximum number of dynamics iterations (force evaluations), in [2, :data:`MAX_STEPS`],
+        at least 2 so that a run that moves anything always reports ``n_iterations >= 2``.
     step_size : float
-        The time step ``dt``. A step moves an overlapping pair by
+        The time step ``dt`` (finite, > 0). A step moves an overlapping pair by
         ``min(0.5 * constant * dt**2 * overlap, overlap)``.
     reference : (mean, std) or None
         Standardisation statistics, each of shape (D,). ``None`` (default) uses the mean and
         (population) standard deviation of ``features`` themselves, fixed for the whole run. The
         authors standardise with ImageNet-val feature statistics; pass those here to reproduce it.
-        ``std`` is floored at ``eps``.
+        ``std`` (non-negative) is floored at ``eps``.
     nsigma : float
-        Radius multiplier: the ball of class ``c`` has radius ``|nsigma| * R_c``.
+        Radius multiplier (finite; its sign is ignored): the ball of class ``c`` has radius
+        ``|nsigma| * R_c``.
     exit_ratio : float in [0, 1)
         A step is kept only while its total movement divided by the first step's total movement
         exceeds ``exit_ratio``; otherwise the dynamics stop (that step is discarded).
     constant : float
-        Force constant (acceleration = ``constant * overlap``).
+        Force constant (finite, >= 0; acceleration = ``constant * overlap``).
     eps : float
-        Floor on the standardisation std.
+        Floor on the standardisation std, in [1e-100, 1e100].
     chunk_rows : int, optional
-        Rows processed at a time in the streaming passes (default: ~32 MB of float64).
+        Rows processed at a time in the streaming passes (default: ~32 MB of float64), >= 1.
+    device : "auto" | "cpu" | "cuda" | "cuda:N"
+        Where the passes over the rows run: ``"auto"`` on a CUDA tensor's GPU, else the CPU.
+        A device that is not usable raises RuntimeError naming it.
+    threads : int, optional
+        BLAS/torch threads for this call (restored afterwards); None leaves them as they are.
 
     Returns
     -------
-    features_after : np.ndarray (N, D)
+    features_after : np.ndarray or torch.Tensor (N, D)
         The moved features in the *original* (un-standardised) coordinates, like the reference
-        code (which maps back with ``X * std + mean``). float64 for float64 input, else float32.
+        code (which maps back with ``X * std + mean``). float64 for float64 input, else float32;
+        a NumPy array for NumPy input, a tensor on the input's device for a torch tensor.
         If nothing moved (``n_iterations == 1``) this is an exact copy of the input (cast).
     n_iterations : int
         The number of dynamics iterations *evaluated* (force computations), ``1 <= n <= steps``.
@@ -124,6 +155,16 @@ def ped(
         can be skipped. Otherwise the number of applied moves is ``n_iterations - 1`` when the
         exit rule fired and ``n_iterations`` when the ``steps`` cap was reached. (The reference
         code's ``number_step`` counts applied moves: 0 for no overlap.)
+
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type (non-numeric features, non-integer labels or steps, ...).
+    ValueError
+        A wrong value: shapes, NaN/Inf or too large values, fewer than 2 classes, an option out
+        of its range, or moved features that would not fit the output dtype.
+    RuntimeError
+        ``device`` names a device that is not usable here.
 
     Dynamics (one iteration)
     ------------------------
@@ -140,163 +181,461 @@ def ped(
 
     Memory is O(N*D) for the output plus O(C*D + C^2) working space; time per iteration is
     O(C^2 * D) for the Gram matrix, plus two streaming O(N*D) passes for the statistics.
-    Deterministic; no random numbers are used.
+    Deterministic on the CPU; no random numbers are used.
     """
-    # ----- validation -------------------------------------------------------------------------
-    X = _to_numpy(features, "features")
-    y = _to_numpy(labels, "labels")
-    if X.ndim != 2:
-        raise ValueError(f"features must be 2-D (N, D), got shape {X.shape}")
+    opts = _parse_options(steps, step_size, nsigma, exit_ratio, constant, eps, chunk_rows)
+    n_threads = parse_threads(threads)
+    X = _as_features(features)
     n, d = X.shape
-    if n == 0:
-        raise ValueError("features is empty (N == 0)")
-    if d == 0:
-        raise ValueError("features has no dimensions (D == 0)")
-    if X.dtype.kind not in "fiub":
-        raise ValueError(f"features must be numeric, got dtype {X.dtype}")
-    if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"labels must have shape ({n},) to match features {X.shape}, got {y.shape}")
-    if y.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
-        raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
-    for pname, val in (("step_size", step_size), ("nsigma", nsigma), ("constant", constant)):
-        if not np.isfinite(val):
-            raise ValueError(f"{pname} must be finite, got {val!r}")
+    yi, c = _class_index(labels, n, X.shape)
+    target = _compute_device(X, device)
+    rows = min(opts.chunk_rows or _chunk_rows(n, d), n)
+    passes: _Passes = _NumpyPasses(X, yi, c, rows) if target is None else _TorchPasses(X, yi, c, rows, target)
+    ref = None if reference is None else _parse_reference(reference, d)
+    with limit_threads(n_threads, ("blas",) if target is None else ("torch", "blas")):
+        stats = _statistics(passes, ref, opts)
+        total, n_iter = _dynamics(stats.centres, stats.reach, opts)
+        shift = None if n_iter == 1 else _raw_shift(total, stats.std)  # n_iter == 1: nothing moved
+        out = passes.moved(shift, _output_dtype(X))
+    return out, n_iter
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------
+
+
+def _real(value: Any, name: str) -> float:
+    """A finite real number (bools are not numbers here)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def _parse_options(steps: Any, step_size: Any, nsigma: Any, exit_ratio: Any, constant: Any, eps: Any,
+                   chunk_rows: Any) -> _Options:
+    steps = parse_int(steps, "steps", minimum=2, maximum=MAX_STEPS)
+    step_size = _real(step_size, "step_size")
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size!r}")
+    nsigma = _real(nsigma, "nsigma")
+    exit_ratio = _real(exit_ratio, "exit_ratio")
     if not 0.0 <= exit_ratio < 1.0:
         raise ValueError(f"exit_ratio must be in [0, 1), got {exit_ratio!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
+    constant = _real(constant, "constant")
+    if constant < 0:
+        raise ValueError(f"constant must be >= 0 (the force repels overlapping classes), got {constant!r}")
+    eps = _real(eps, "eps")
+    if not EPS_RANGE[0] <= eps <= EPS_RANGE[1]:
+        raise ValueError(f"eps must be in [{EPS_RANGE[0]:g}, {EPS_RANGE[1]:g}], got {eps!r}")
+    rows = None if chunk_rows is None else parse_int(chunk_rows, "chunk_rows", minimum=1)
+    return _Options(steps, step_size, nsigma, exit_ratio, constant, eps, rows)
 
-    classes, yi = np.unique(y, return_inverse=True)
-    yi = yi.reshape(-1).astype(np.intp, copy=False)
-    c = classes.shape[0]
-    if c < 2:
-        raise ValueError(f"PED needs at least 2 classes, got {c}")
-    counts = np.bincount(yi, minlength=c).astype(np.float64)
 
-    out_dtype = np.float64 if X.dtype == np.float64 else np.float32
-    rows = int(chunk_rows) if chunk_rows is not None else _chunk_rows(n, d)
-    if rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}")
-
-    # ----- pass 1: finiteness, pool sums, class sums (float64, streamed in row chunks) --------
-    class_sum = np.zeros((c, d), dtype=np.float64)
-    pool_sum = np.zeros(d, dtype=np.float64)
-    for lo in range(0, n, rows):
-        hi = min(n, lo + rows)
-        blk = np.asarray(X[lo:hi], dtype=np.float64)
-        finite = np.isfinite(blk).all(axis=1)
-        if not finite.all():
-            bad = lo + int(np.argmin(finite))
-            raise ValueError(f"features row {bad} contains NaN or Inf")
-        order = np.argsort(yi[lo:hi], kind="stable")
-        _add_rows_sorted(class_sum, yi[lo:hi][order], blk[order])
-        pool_sum += blk.sum(axis=0)
-    raw_means = class_sum / counts[:, None]
-    del class_sum
-
-    if reference is None:
-        mean = pool_sum / n
-        # population std of the pool, two-pass for accuracy
-        sq = np.zeros(d, dtype=np.float64)
-        for lo in range(0, n, rows):
-            hi = min(n, lo + rows)
-            blk = np.asarray(X[lo:hi], dtype=np.float64) - mean
-            sq += np.einsum("ij,ij->j", blk, blk)
-        std = np.sqrt(sq / n)
+def _as_features(features: Any) -> Any:
+    """The (N, D) input, checked: a numpy array (memmaps kept as they are) or a detached tensor."""
+    if is_torch_tensor(features):
+        X = features.detach()
+        if X.is_complex():
+            raise TypeError(f"features must be real numbers, got dtype {X.dtype}")
     else:
-        if not isinstance(reference, (tuple, list)) or len(reference) != 2:
-            raise ValueError("reference must be a (mean, std) pair")
-        mean = np.asarray(_to_numpy(reference[0], "reference mean"), dtype=np.float64).reshape(-1)
-        std = np.asarray(_to_numpy(reference[1], "reference std"), dtype=np.float64).reshape(-1)
-        if mean.shape != (d,) or std.shape != (d,):
-            raise ValueError(
-                f"reference mean/std must have shape ({d},), got {mean.shape} and {std.shape}"
-            )
-        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-            raise ValueError("reference mean/std contain NaN or Inf")
-        if (std < 0).any():
-            raise ValueError("reference std must be non-negative")
-    std = np.maximum(std, eps)
+        if isinstance(features, (str, bytes)):
+            raise TypeError(f"features must be a 2-D numeric array, got {type(features).__name__}")
+        try:
+            X = features if isinstance(features, np.ndarray) else np.asarray(features)
+        except (TypeError, ValueError) as exc:  # ragged nested lists and the like
+            raise TypeError(f"features must be a 2-D numeric array ({exc})") from None
+        if X.dtype.kind not in "fiub" and X.dtype.name != "bfloat16":
+            raise TypeError(f"features must be numeric, got dtype {X.dtype}")
+    if X.ndim != 2:
+        raise ValueError(f"features must be 2-D (N, D), got shape {tuple(X.shape)}")
+    if X.shape[0] == 0:
+        raise ValueError("features is empty (N == 0)")
+    if X.shape[1] == 0:
+        raise ValueError("features has no dimensions (D == 0)")
+    return X
 
-    # ----- pass 2: class radii in standardised space -------------------------------------------
-    # Var_c[z_d] = Var_c[x_d] / std_d^2; centred on the class means for accuracy.
-    inv_var = 1.0 / (std * std)
-    ss = np.zeros(c, dtype=np.float64)
+
+def _class_index(labels: Any, n: int, shape: Tuple[int, ...]) -> Tuple[np.ndarray, int]:
+    """Labels remapped to 0..C-1 (intp), and C (at least 2)."""
+    if is_torch_tensor(labels):
+        labels = labels.detach().cpu().numpy()
+    if isinstance(labels, (str, bytes)):
+        raise TypeError(f"labels must be an integer array, got {type(labels).__name__}")
+    try:
+        y = np.asarray(labels)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"labels must be an integer array ({exc})") from None
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"labels must have shape ({n},) to match features {tuple(shape)}, got {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {y.dtype}")
+    classes, yi = np.unique(y, return_inverse=True)
+    if classes.shape[0] < 2:
+        raise ValueError(f"PED needs at least 2 classes, got {classes.shape[0]}")
+    return yi.reshape(-1).astype(np.intp, copy=False), int(classes.shape[0])
+
+
+def _parse_reference(reference: Any, d: int) -> Tuple[np.ndarray, np.ndarray]:
+    if not isinstance(reference, (tuple, list)) or len(reference) != 2:
+        raise TypeError(f"reference must be a (mean, std) pair or None, got {type(reference).__name__}")
+    mean, std = (_reference_vector(part, name, d) for part, name in zip(reference, ("mean", "std")))
+    if (std < 0).any():
+        raise ValueError("reference std must be non-negative")
+    return mean, std
+
+
+def _reference_vector(value: Any, name: str, d: int) -> np.ndarray:
+    if is_torch_tensor(value):
+        value = value.detach().cpu().double().numpy()
+    try:
+        vector = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"reference {name} must be a numeric vector of shape ({d},) ({exc})") from None
+    if vector.shape != (d,):
+        raise ValueError(f"reference mean/std must have shape ({d},), got {vector.shape} for the {name}")
+    if not (np.abs(vector) <= MAX_ABS_VALUE).all():
+        raise ValueError(f"reference {name} contains NaN, Inf or a value above {MAX_ABS_VALUE:.3g} in magnitude")
+    return vector
+
+
+def _compute_device(X: Any, device: Any) -> Any:
+    """None: the passes run with NumPy on the CPU; otherwise the CUDA ``torch.device`` to use."""
+    spec = parse_device(device)
+    if spec.kind == "cpu":
+        return None
+    if spec.kind == "auto":
+        on_cuda = is_torch_tensor(X) and X.device.type == "cuda"
+        return X.device if on_cuda else None
+    return torch_device(str(spec))  # RuntimeError naming the device when it is not usable
+
+
+def _output_dtype(X: Any) -> Any:
+    """float64 for float64 input, else float32 (as a NumPy dtype)."""
+    name = str(X.dtype).replace("torch.", "")
+    return np.float64 if name == "float64" else np.float32
+
+
+def _chunk_rows(n: int, d: int, target_bytes: int = 32 << 20) -> int:
+    return max(1, min(n, target_bytes // max(1, 8 * d)))
+
+
+def _spans(n: int, rows: int) -> Iterator[Tuple[int, int]]:
     for lo in range(0, n, rows):
-        hi = min(n, lo + rows)
-        blk = np.asarray(X[lo:hi], dtype=np.float64) - raw_means[yi[lo:hi]]  # never in place
-        blk *= blk
-        ss += np.bincount(yi[lo:hi], weights=blk @ inv_var, minlength=c)
-    radius = np.sqrt(ss / counts)
-    reach = abs(float(nsigma)) * radius  # ball radius per class
+        yield lo, min(n, lo + rows)
 
-    M = (raw_means - mean) / std  # class centres, standardised (C x D)
-    del raw_means
-    total = np.zeros((c, d), dtype=np.float64)
-    coef = 0.5 * float(constant) * float(step_size) ** 2
+
+def _add_rows_sorted(target: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> None:
+    """``target[idx[k]] += vals[k]`` for ascending ``idx`` (segment sums, deterministic)."""
+    if idx.size == 0:
+        return
+    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+    target[idx[starts]] += np.add.reduceat(vals, starts, axis=0)
+
+
+def _bad_row_error(ok_rows: Any, lo: int) -> ValueError:
+    return ValueError(f"features row {lo + int(np.argmin(ok_rows))} contains NaN or Inf, or a value above "
+                      f"{MAX_ABS_VALUE:.3g} in magnitude")
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming passes over the rows (NumPy on the CPU, or torch on a CUDA device)
+# ----------------------------------------------------------------------------------------------
+
+
+class _Passes:
+    """The three streaming passes over the N rows and the final move; results are NumPy (C x D)."""
+
+    def __init__(self, X: Any, yi: np.ndarray, c: int, rows: int) -> None:
+        self.X, self.yi, self.c, self.rows = X, yi, c, rows
+        self.n, self.d = X.shape
+        self.peak = 0.0  # largest |value| of the features, known after the first pass
+
+    def needs_range_check(self, shift: np.ndarray, dtype: Any) -> bool:
+        """Whether some moved value could exceed ``dtype``'s range (then every row is checked)."""
+        return self.peak + float(np.abs(shift).max()) > float(np.finfo(dtype).max)
+
+    def class_and_pool_sums(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Per-class row sums (C, D) and the pool's column sums (D,); checks every value."""
+        raise NotImplementedError
+
+    def pool_squares(self, mean: np.ndarray) -> np.ndarray:
+        """Σ_rows (x - mean)² per column (D,)."""
+        raise NotImplementedError
+
+    def class_squares(self, class_means: np.ndarray, inv_var: np.ndarray) -> np.ndarray:
+        """Σ_{rows of c} Σ_d (x - m_c)² / std_d² per class (C,)."""
+        raise NotImplementedError
+
+    def moved(self, shift: Optional[np.ndarray], dtype: Any) -> Any:
+        """The rows moved by ``shift[class]`` (None: an exact copy), in ``dtype``, following the input."""
+        raise NotImplementedError
+
+
+def _numpy_rows(X: Any, lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi as float64 NumPy (a view when they already are; never written to)."""
+    if is_torch_tensor(X):
+        return X[lo:hi].to(dtype=_torch_float64()).cpu().numpy()
+    return np.asarray(X[lo:hi], dtype=np.float64)
+
+
+def _torch_float64() -> Any:
+    import torch
+
+    return torch.float64
+
+
+class _NumpyPasses(_Passes):
+    def class_and_pool_sums(self) -> Tuple[np.ndarray, np.ndarray]:
+        class_sum = np.zeros((self.c, self.d), dtype=np.float64)
+        pool_sum = np.zeros(self.d, dtype=np.float64)
+        for lo, hi in _spans(self.n, self.rows):
+            blk = _numpy_rows(self.X, lo, hi)
+            magnitude = np.abs(blk)
+            ok = (magnitude <= MAX_ABS_VALUE).all(axis=1)  # False for NaN and Inf too
+            if not ok.all():
+                raise _bad_row_error(ok, lo)
+            self.peak = max(self.peak, float(magnitude.max()))
+            del magnitude
+            order = np.argsort(self.yi[lo:hi], kind="stable")
+            _add_rows_sorted(class_sum, self.yi[lo:hi][order], blk[order])
+            pool_sum += blk.sum(axis=0)
+        return class_sum, pool_sum
+
+    def pool_squares(self, mean: np.ndarray) -> np.ndarray:
+        sq = np.zeros(self.d, dtype=np.float64)
+        for lo, hi in _spans(self.n, self.rows):
+            blk = _numpy_rows(self.X, lo, hi) - mean
+            sq += np.einsum("ij,ij->j", blk, blk)
+        return sq
+
+    def class_squares(self, class_means: np.ndarray, inv_var: np.ndarray) -> np.ndarray:
+        ss = np.zeros(self.c, dtype=np.float64)
+        for lo, hi in _spans(self.n, self.rows):
+            blk = _numpy_rows(self.X, lo, hi) - class_means[self.yi[lo:hi]]  # never in place
+            blk *= blk
+            ss += np.bincount(self.yi[lo:hi], weights=blk @ inv_var, minlength=self.c)
+        return ss
+
+    def moved(self, shift: Optional[np.ndarray], dtype: Any) -> Any:
+        out = np.empty((self.n, self.d), dtype=dtype)
+        check = shift is not None and self.needs_range_check(shift, dtype)
+        for lo, hi in _spans(self.n, self.rows):
+            if shift is None:
+                out[lo:hi] = self.X[lo:hi] if isinstance(self.X, np.ndarray) else _numpy_rows(self.X, lo, hi)
+                continue
+            moved = _numpy_rows(self.X, lo, hi) + shift[self.yi[lo:hi]]
+            out[lo:hi] = _checked_output(moved, dtype, lo) if check else moved
+        if is_torch_tensor(self.X):  # outputs follow the input
+            import torch
+
+            return torch.from_numpy(out).to(self.X.device)
+        return out
+
+
+def _checked_output(moved: Any, dtype: Any, lo: int) -> Any:
+    """``moved`` (float64 rows) if every value fits ``dtype``; ValueError naming the first row otherwise."""
+    limit = float(np.finfo(dtype).max)
+    ok = (abs(moved) <= limit).all(1)
+    if not bool(ok.all()):
+        first = lo + int(np.argmin(np.asarray(ok.cpu() if is_torch_tensor(ok) else ok)))
+        raise ValueError(f"moved features row {first} does not fit {np.dtype(dtype).name} "
+                         f"(a value beyond {limit:.3g}); scale the features down")
+    return moved
+
+
+class _TorchPasses(_Passes):
+    """The passes with torch (float64) on a CUDA device; the rows are copied there chunk by chunk.
+
+    Class sums use ``index_add_``, whose CUDA float64 atomics may round differently from run to
+    run (last bits only)."""
+
+    def __init__(self, X: Any, yi: np.ndarray, c: int, rows: int, device: Any) -> None:
+        import torch
+
+        super().__init__(X, yi, c, rows)
+        self.torch, self.device = torch, torch.device(device)
+        self.labels = torch.as_tensor(yi, dtype=torch.int64, device=self.device)
+
+    def _rows(self, lo: int, hi: int) -> Any:
+        part = self.X[lo:hi]
+        if is_torch_tensor(part):
+            return part.to(self.device, self.torch.float64)
+        return self.torch.from_numpy(np.asarray(part, dtype=np.float64)).to(self.device)
+
+    def _zeros(self, *shape: int) -> Any:
+        return self.torch.zeros(shape, dtype=self.torch.float64, device=self.device)
+
+    def _numpy(self, t: Any) -> np.ndarray:
+        return t.cpu().numpy()
+
+    def class_and_pool_sums(self) -> Tuple[np.ndarray, np.ndarray]:
+        class_sum, pool_sum = self._zeros(self.c, self.d), self._zeros(self.d)
+        for lo, hi in _spans(self.n, self.rows):
+            blk = self._rows(lo, hi)
+            magnitude = blk.abs()
+            ok = (magnitude <= MAX_ABS_VALUE).all(dim=1)
+            if not bool(ok.all()):
+                raise _bad_row_error(ok.cpu().numpy(), lo)
+            self.peak = max(self.peak, float(magnitude.max()))
+            class_sum.index_add_(0, self.labels[lo:hi], blk)
+            pool_sum += blk.sum(dim=0)
+        return self._numpy(class_sum), self._numpy(pool_sum)
+
+    def pool_squares(self, mean: np.ndarray) -> np.ndarray:
+        sq, mean_t = self._zeros(self.d), self.torch.from_numpy(mean).to(self.device)
+        for lo, hi in _spans(self.n, self.rows):
+            blk = self._rows(lo, hi) - mean_t
+            sq += (blk * blk).sum(dim=0)
+        return self._numpy(sq)
+
+    def class_squares(self, class_means: np.ndarray, inv_var: np.ndarray) -> np.ndarray:
+        ss = self._zeros(self.c)
+        means_t = self.torch.from_numpy(class_means).to(self.device)
+        inv_var_t = self.torch.from_numpy(inv_var).to(self.device)
+        for lo, hi in _spans(self.n, self.rows):
+            labels = self.labels[lo:hi]
+            blk = self._rows(lo, hi) - means_t[labels]
+            ss.index_add_(0, labels, (blk * blk) @ inv_var_t)
+        return self._numpy(ss)
+
+    def moved(self, shift: Optional[np.ndarray], dtype: Any) -> Any:
+        torch = self.torch
+        out_dtype = torch.float64 if dtype == np.float64 else torch.float32
+        tensor_in = is_torch_tensor(self.X)
+        out = torch.empty((self.n, self.d), dtype=out_dtype, device=self.X.device) if tensor_in else \
+            np.empty((self.n, self.d), dtype=dtype)
+        shift_t = None if shift is None else torch.from_numpy(shift).to(self.device)
+        check = shift is not None and self.needs_range_check(shift, dtype)
+        for lo, hi in _spans(self.n, self.rows):
+            blk = self._rows(lo, hi)
+            if shift_t is not None:
+                blk = blk + shift_t[self.labels[lo:hi]]
+                if check:
+                    _checked_output(blk, dtype, lo)
+            out[lo:hi] = blk.to(out.device, out_dtype) if tensor_in else blk.to(out_dtype).cpu().numpy()
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Class statistics and dynamics (NumPy, on the C x D centres)
+# ----------------------------------------------------------------------------------------------
+
+
+def _statistics(passes: _Passes, reference: Optional[Tuple[np.ndarray, np.ndarray]], opts: _Options) -> _Statistics:
+    """Standardisation, standardised class centres and ball radii (two or three passes)."""
+    class_sum, pool_sum = passes.class_and_pool_sums()
+    counts = np.bincount(passes.yi, minlength=passes.c).astype(np.float64)
+    raw_means = class_sum / counts[:, None]
+    if reference is None:
+        mean = pool_sum / passes.n
+        std = np.sqrt(passes.pool_squares(mean) / passes.n)  # population std of the pool, two-pass
+    else:
+        mean, std = reference
+    std = np.maximum(std, opts.eps)
+    # Var_c[z_d] = Var_c[x_d] / std_d^2; centred on the class means for accuracy. Far outside the
+    # reference distribution these can overflow: checked below, not warned about.
+    with np.errstate(over="ignore", invalid="ignore"):
+        inv_var = 1.0 / (std * std)
+        radius = np.sqrt(passes.class_squares(raw_means, inv_var) / counts)
+        reach = abs(opts.nsigma) * radius  # ball radius per class
+        centres = (raw_means - mean) / std  # class centres, standardised (C x D)
+    _check_geometry(centres, radius, reach, reference is not None)
+    return _Statistics(mean, std, centres, reach)
+
+
+def _check_geometry(centres: np.ndarray, radius: np.ndarray, reach: np.ndarray, with_reference: bool) -> None:
+    """ValueError unless the standardised problem fits the dynamics' float64 arithmetic."""
+    if not (np.abs(centres) <= _MAX_GEOMETRY).all() or not (radius <= _MAX_GEOMETRY).all():
+        source = "reference" if with_reference else "features"
+        raise ValueError(f"the standardised class centres or radii exceed {_MAX_GEOMETRY:.3g} standard deviations "
+                         f"(the features lie too far from the {source} mean for the float64 dynamics)")
+    if not (reach <= _MAX_GEOMETRY).all():
+        raise ValueError(f"nsigma is too large: |nsigma| * class radius exceeds {_MAX_GEOMETRY:.3g}")
+
+
+def _step_coefficient(step_size: float, constant: float) -> float:
+    """0.5 * constant * dt², capped at 1: a step moves a pair by min(coef, 1) * overlap either way
+    (min(coef * ov, ov)), and the cap keeps a huge dt from overflowing."""
+    try:
+        coef = 0.5 * constant * step_size**2
+    except OverflowError:  # dt**2 beyond float range
+        return 1.0 if constant > 0 else 0.0
+    return min(coef, 1.0)
+
+
+def _displacement(M: np.ndarray, reach_sum: np.ndarray, coef: float) -> Optional[np.ndarray]:
+    """One force evaluation at centres M: the displacement (C x D), None when no pair overlaps."""
+    c, d = M.shape
+    sqn = np.einsum("ij,ij->i", M, M)
+    gram = M @ M.T
+    d2 = sqn[:, None] + sqn[None, :] - 2.0 * gram
+    del gram
+    np.maximum(d2, 0.0, out=d2)
+    dist = np.sqrt(d2, out=d2)
+    overlap = reach_sum - dist
+    np.fill_diagonal(overlap, 0.0)
+    # coincident centres: no direction, no force (relative tolerance on the Gram estimate)
+    tiny = 1e-12 * (1.0 + sqn[:, None] + sqn[None, :])
+    overlap[(dist * dist) <= tiny] = 0.0
+    ia, ib = np.nonzero(overlap > 0.0)
+    if ia.size == 0:
+        return None
+    ov = overlap[ia, ib]
+    shift = np.minimum(coef * ov, ov)
+    w = shift / dist[ia, ib]
+    rowsum = np.bincount(ia, weights=w, minlength=c)
+    if ia.size <= _SPARSE_FRACTION * c * c:
+        # sparse W @ M: np.nonzero yields ia sorted, so segment sums over pair blocks
+        wm = np.zeros((c, d), dtype=np.float64)
+        blk_pairs = _chunk_rows(ia.size, d)
+        for lo in range(0, ia.size, blk_pairs):
+            hi = min(ia.size, lo + blk_pairs)
+            _add_rows_sorted(wm, ia[lo:hi], M[ib[lo:hi]] * w[lo:hi, None])
+    else:
+        Wd = np.zeros((c, c), dtype=np.float64)
+        Wd[ia, ib] = w
+        wm = Wd @ M
+        del Wd
+    disp: np.ndarray = rowsum[:, None] * M - wm
+    return disp
+
+
+def _dynamics(centres: np.ndarray, reach: np.ndarray, opts: _Options) -> Tuple[np.ndarray, int]:
+    """The accumulated displacement of every class (C x D, standardised) and the iterations evaluated."""
+    M = centres.copy()
+    total = np.zeros_like(M)
+    coef = _step_coefficient(opts.step_size, opts.constant)
     reach_sum = reach[:, None] + reach[None, :]
-
-    # ----- dynamics on the centres ------------------------------------------------------------
     n_iter = 0
     first_move = 0.0
-    while n_iter < steps:
-        n_iter += 1
-        sqn = np.einsum("ij,ij->i", M, M)
-        gram = M @ M.T
-        d2 = sqn[:, None] + sqn[None, :] - 2.0 * gram
-        del gram
-        np.maximum(d2, 0.0, out=d2)
-        dist = np.sqrt(d2, out=d2)
-        overlap = reach_sum - dist
-        np.fill_diagonal(overlap, 0.0)
-        # coincident centres: no direction, no force (relative tolerance on the Gram estimate)
-        tiny = 1e-12 * (1.0 + sqn[:, None] + sqn[None, :])
-        overlap[(dist * dist) <= tiny] = 0.0
-        ia, ib = np.nonzero(overlap > 0.0)
-        if ia.size == 0:
-            disp = None
-            move = 0.0
-        else:
-            ov = overlap[ia, ib]
-            shift = np.minimum(coef * ov, ov)
-            w = shift / dist[ia, ib]
-            rowsum = np.bincount(ia, weights=w, minlength=c)
-            if ia.size <= _SPARSE_FRACTION * c * c:
-                # sparse W @ M: np.nonzero yields ia sorted, so segment sums over pair blocks
-                wm = np.zeros((c, d), dtype=np.float64)
-                blk_pairs = _chunk_rows(ia.size, d)
-                for lo in range(0, ia.size, blk_pairs):
-                    hi = min(ia.size, lo + blk_pairs)
-                    _add_rows_sorted(wm, ia[lo:hi], M[ib[lo:hi]] * w[lo:hi, None])
-            else:
-                Wd = np.zeros((c, c), dtype=np.float64)
-                Wd[ia, ib] = w
-                wm = Wd @ M
-                del Wd
-            disp = rowsum[:, None] * M - wm
-            move = float(np.abs(disp).sum())
-        del overlap, dist
-        if n_iter == 1:
-            first_move = move
-            if move <= 0.0:
+    # Overflow is only possible for centres near the geometry bound; the result is checked below.
+    with np.errstate(over="ignore", invalid="ignore"):
+        while n_iter < opts.steps:
+            n_iter += 1
+            disp = _displacement(M, reach_sum, coef)
+            move = 0.0 if disp is None else float(np.abs(disp).sum())
+            if n_iter == 1:
+                first_move = move
+                if move <= 0.0:
+                    break
+            elif not move / first_move > opts.exit_ratio:
                 break
-        elif not move / first_move > exit_ratio:
-            break
-        assert disp is not None
-        M += disp
-        total += disp
+            assert disp is not None
+            M += disp
+            total += disp
+    if not np.isfinite(total).all():
+        raise ValueError("PED's dynamics overflowed float64: the standardised class centres are too far apart")
+    return total, n_iter
 
-    # ----- apply the class displacements to the samples ---------------------------------------
-    out = np.empty((n, d), dtype=out_dtype)
-    shift_raw = total * std if first_move > 0.0 else None
-    for lo in range(0, n, rows):
-        hi = min(n, lo + rows)
-        if shift_raw is None:
-            out[lo:hi] = X[lo:hi]
-        else:
-            out[lo:hi] = np.asarray(X[lo:hi], dtype=np.float64) + shift_raw[yi[lo:hi]]
-    return out, n_iter
+
+def _raw_shift(total: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The class displacements in input units; ValueError if they leave float64 range."""
+    with np.errstate(over="ignore"):
+        shift: np.ndarray = total * std
+    if not np.isfinite(shift).all():
+        raise ValueError("the moved features leave the float64 range; scale the features down")
+    return shift

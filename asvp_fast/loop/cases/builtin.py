@@ -1,6 +1,6 @@
 """Data cases for the active-learning loop: built-in real data, image folders, synthetic blobs.
 
-Every builder returns a :class:`~asvp_fast.loop.types.Case`. Datasets return inputs only;
+Every builder returns a :class:`~asvp_fast.loop.cases.case.Case`. Datasets return inputs only;
 labels live on the case (``pool_labels`` for the simulated oracle, ``test_labels``).
 
 * :func:`wordnet_nouns_case`: WordNet 3.0 noun definitions, 26 lexicographer classes

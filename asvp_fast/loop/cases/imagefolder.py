@@ -92,7 +92,7 @@ def imagefolder_case(
         from ``train_dir`` (its labels feed the simulated oracle), the test set from ``test_dir``,
         whose classes must be a subset of the training classes.
     checkpoint
-        A torchvision-format ResNet-50 checkpoint (see :func:`~asvp_fast.loop.backbones.load_checkpoint`);
+        A torchvision-format ResNet-50 checkpoint (see :func:`~asvp_fast.loop.models.backbones.load_checkpoint`);
         ``None`` gives a random init (only useful for smoke tests).
     image_size
         Centre-crop side (224 for ImageNet-trained ResNets).
@@ -104,7 +104,7 @@ def imagefolder_case(
     seed
         Seed of the subsets.
     trust_checkpoint
-        Allow full unpickling of the checkpoint (see :class:`~asvp_fast.loop.backbones.ResNet50`).
+        Allow full unpickling of the checkpoint (see :class:`~asvp_fast.loop.models.backbones.ResNet50`).
 
     Items are uint8 ``(3, image_size, image_size)`` tensors; ``describe(i)`` is the file path.
     """

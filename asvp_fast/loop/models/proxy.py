@@ -54,7 +54,7 @@ def train_proxy(features: np.ndarray, labelled: np.ndarray, labels: np.ndarray, 
     x = torch.from_numpy(np.asarray(features[labelled[order]], dtype=np.float32)).to(dev)
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64)[order], device=dev)
     gen = torch.Generator().manual_seed(int(seed))
-    with seeded_torch(seed, dev):  # the layer initialisation, without touching the caller's RNG
+    with seeded_torch(seed):  # the layer initialisation, without touching the caller's RNG
         model = MLPProxy(x.shape[1], num_classes, config.hidden).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     model.train()

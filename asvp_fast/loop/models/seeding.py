@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 
 
 @contextlib.contextmanager
-def seeded_torch(seed: int, device: Any = None) -> Iterator[None]:
+def seeded_torch(seed: int) -> Iterator[None]:
     """Run the block with torch's global RNG seeded to ``seed``, restoring the previous state after.
 
     Layer initialisation and dropout draw from the global generator, so a training is only

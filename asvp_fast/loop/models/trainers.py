@@ -180,7 +180,7 @@ def _train(job: TrainJob, *, linear_probe_first: bool) -> Classifier:
     dev = torch_device(config.device)
     # The global RNG is seeded inside a fork: the head's initialisation and the backbone's dropout
     # are reproducible, and the caller's RNG state is left as it was.
-    with seeded_torch(seed, dev):
+    with seeded_torch(seed):
         model = Classifier(job.make_backbone(), job.num_classes).to(dev)
         for name, p in model.backbone.named_parameters():
             # backbone_lr = 0 freezes the backbone outright: no gradients are computed for it

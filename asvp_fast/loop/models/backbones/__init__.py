@@ -1,6 +1,6 @@
 """Feature extractors for the active-learning loop.
 
-Each backbone is a :class:`~asvp_fast.loop.types.Backbone`: ``forward(batch)`` returns
+Each backbone is a :class:`~asvp_fast.loop.models.backbones.base.Backbone`: ``forward(batch)`` returns
 ``(B, feature_dim)`` float32 features, and ``backbone_id`` names the weights *and* the
 preprocessing, so feature caches made with different settings never mix.
 

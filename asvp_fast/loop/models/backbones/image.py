@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..seeding import seeded_torch
 from .base import Backbone, require
 from .checkpoint import checkpoint_fingerprint, load_checkpoint
 
@@ -71,8 +72,7 @@ class EfficientNetLite0(Backbone):
             raise ValueError(f"image_size must be at least 32, got {image_size}")
         lite = require("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
         self.image_size = int(image_size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_torch(seed):  # the caller's RNG state (CPU and CUDA) is restored after
             self.model = lite.EfficientNet.from_name("efficientnet-lite0", image_size=self.image_size)
         if pretrained:
             self.model.load_state_dict(_lite0_state_dict())  # strict: every weight, the fc too
@@ -175,8 +175,7 @@ class ResNet50(Backbone):
 
     def __init__(self, checkpoint: Optional[PathLike] = None, seed: int = 0, trust_checkpoint: bool = False) -> None:
         super().__init__()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_torch(seed):  # the caller's RNG state (CPU and CUDA) is restored after
             self._build()
         # channels_last: as fast on CPU, faster with GPU mixed precision (the stubs lack the keyword)
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

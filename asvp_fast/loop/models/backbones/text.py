@@ -18,10 +18,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _offline_transformers() -> ModuleType:
-    """Import transformers with the Hugging Face hub switched off: the model files are local."""
-    # setdefault: a user who deliberately configured the hub keeps their setting.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    """Import transformers; every load below passes ``local_files_only=True`` (the model files are
+    local), so nothing reaches the hub and no environment variable is changed for the caller."""
     return require("transformers", "transformers")
 
 
@@ -52,7 +50,7 @@ def minilm_model_dir() -> Path:
 def load_minilm_tokenizer(model_dir: Optional[PathLike] = None) -> Any:
     """The all-MiniLM-L6-v2 tokenizer (a ``transformers`` tokenizer, loaded offline)."""
     transformers = _offline_transformers()
-    return transformers.AutoTokenizer.from_pretrained(str(model_dir or minilm_model_dir()))
+    return transformers.AutoTokenizer.from_pretrained(str(model_dir or minilm_model_dir()), local_files_only=True)
 
 
 class TextCollate:
@@ -129,8 +127,8 @@ class MiniLM(Backbone):
         transformers = _offline_transformers()
         self.model_dir = Path(model_dir) if model_dir is not None else minilm_model_dir()
         with _quiet_loading(transformers):
-            self.model = transformers.AutoModel.from_pretrained(str(self.model_dir))
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.model_dir))
+            self.model = transformers.AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
         self.normalize = bool(normalize)
         self.feature_dim = int(self.model.config.hidden_size)
         self.backbone_id = "all-MiniLM-L6-v2" + ("-l2norm" if normalize else "")
