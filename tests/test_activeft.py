@@ -528,6 +528,7 @@ def test_zero_columns():
         ({"temperature": float("nan")}, ValueError, "temperature"),
         ({"lr": -1e-3}, ValueError, "lr must be"),
         ({"lr": 3.4e37}, ValueError, "lr must be at most"),  # overflowed Adam's float32 step
+        ({"temperature": 10**400}, ValueError, "temperature must be a finite number"),  # was OverflowError
         ({"iterations": 10**9}, ValueError, "iterations must be <="),
         ({"threads": 0}, ValueError, "threads must be"),
         ({"threads": 1.0}, TypeError, "threads must be"),

@@ -259,7 +259,8 @@ def test_diversity_select(data):
 def test_activeft_select(data):
     iterations = st.one_of(st.integers(-3, 5), st.sampled_from([10**6, 10**9, 2**63]), st.floats(allow_nan=True),
                            st.booleans(), st.none(), st.text(max_size=2))
-    reals = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e-300, 1e-40, 1e300, 0, -1]),
+    reals = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                      st.sampled_from([1e-300, 1e-40, 1e300, 0, -1, 10**400, -(10**400), np.float16(1e-3)]),
                       st.booleans(), st.none(), st.text(max_size=2), st.just([0.1]))
     kwargs = sometimes(data, {"features": FEATURES, "k": 3, "iterations": 2, "device": "cpu", "threads": 1},
                        {"features": st.one_of(float_matrices(), BAD_ARRAYS), "k": NUMBERS, "labeled": row_arguments(),

@@ -31,12 +31,12 @@ def _tile_rows(d: int) -> int:
 
 
 def _float32_tiles(features: Any, rows: int) -> Iterator[Tuple[int, Any]]:
-    """(start, float32 tile) over the rows of a numpy array, memmap or CPU tensor."""
+    """(start, float32 tile) over the rows of a numpy array, memmap or tensor (copied to the host)."""
     n = features.shape[0]
     for start in range(0, n, rows):
         tile = features[start:start + rows]
-        if is_torch_tensor(tile):
-            tile = tile.detach().float().numpy()
+        if is_torch_tensor(tile):  # CUDA tensors too, when faiss/numpy was asked for
+            tile = tile.detach().float().cpu().numpy()
         with np.errstate(over="ignore", invalid="ignore"):  # out-of-range rows are named by the kernel
             converted = np.ascontiguousarray(tile, dtype=np.float32)
         yield start, converted

@@ -115,7 +115,10 @@ def parse_positive_real(value: Any, name: str, *, maximum: Optional[float] = Non
     """A finite real number > 0 (temperatures, learning rates, weights), at most ``maximum``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range (10**400) is not finite either
+        number = math.inf
     if not (math.isfinite(number) and number > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     if maximum is not None and number > maximum:

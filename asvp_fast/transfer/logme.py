@@ -112,7 +112,10 @@ def logme(features: Any, labels: Any, *, max_iter: int = 100, tol: float = 1e-6,
 def _parse_tol(tol: Any) -> float:
     if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
         raise TypeError(f"tol must be a real number, got {type(tol).__name__} {tol!r}")
-    value = float(tol)
+    try:
+        value = float(tol)
+    except OverflowError:  # an integer beyond float64
+        value = math.inf
     if not (math.isfinite(value) and value >= 0.0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     return value
