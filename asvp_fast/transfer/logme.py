@@ -20,9 +20,13 @@ their largest absolute value, before any product is formed: the division is exac
 features give the result of the unscaled arithmetic, and features near the float64 limits (1e150
 and beyond, whose squares overflow, or 1e-200, whose squares underflow) give the same finite
 score as the same features at an ordinary scale. The iteration starts from α = 1 in the input's
-units (α = 2^-2e in the scaled ones) and the bounds on α apply in the scaled units. Eigen-
-directions the features do not span (eigenvalues at round-off level) get no share of Fᵀy, as in
-exact arithmetic; a huge outlier row therefore cannot turn round-off into evidence.
+units (α = 2^-2e in the scaled ones: the published start, so ordinary results are unchanged) and
+the bounds on α apply in the scaled units. The score is therefore scale-invariant wherever the
+iteration converges to the maximum; where it stops at ``max_iter`` (N ≤ D) or settles at the
+second fixed point α → bound ("the features say nothing" for a class with few samples), the start
+matters, as it does in the published algorithm. Eigendirections the features do not span
+(eigenvalues at round-off level) get no share of Fᵀy, as in exact arithmetic; a huge outlier row
+therefore cannot turn round-off into evidence.
 
 Implementation: one eigendecomposition of the D x D Gram matrix FᵀF, or of the N x N matrix F Fᵀ
 when N < D (the same non-zero eigenvalues; the projections v_iᵀFᵀy = √σ_i u_iᵀy then come from
@@ -403,7 +407,8 @@ def _max_evidence(sigma: np.ndarray, proj: np.ndarray, ysq: np.ndarray, n: int, 
         # stays finite; the evidence is flat out there anyway.
         new_alpha = np.clip(gamma / np.maximum(m_sq, 1e-300), _MIN_PRECISION, _MAX_PRECISION)
         new_beta = np.clip((n - gamma) / np.maximum(residual, 1e-300), _MIN_PRECISION, _MAX_PRECISION)
-        done = (np.abs(new_alpha - alpha) <= tol * np.abs(alpha)) & (np.abs(new_beta - beta) <= tol * np.abs(beta))
+        with np.errstate(over="ignore"):  # a huge tol: inf, which every change is below
+            done = (np.abs(new_alpha - alpha) <= tol * np.abs(alpha)) & (np.abs(new_beta - beta) <= tol * np.abs(beta))
         alpha, beta = new_alpha, new_beta
         if done.all():
             break

@@ -32,15 +32,16 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterator, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from ..core.checks import is_torch_tensor, parse_device, parse_int, parse_threads
 from ..core.devices import torch_device
 from ..core.threads import limit_threads
+from .ped_passes import MAX_ABS_VALUE, NumpyPasses, RowPasses, TorchPasses, add_rows_sorted, default_chunk_rows
 
-__all__ = ["MAX_STEPS", "ped"]
+__all__ = ["MAX_ABS_VALUE", "MAX_STEPS", "ped"]
 
 # Defaults, all from the authors' public code (github.com/lixiaotong97/PED, evaluate_metric_cpu.py
 # argparse defaults and metrics.py:PED_Score / One_Step_PED).
@@ -56,9 +57,8 @@ MAX_STEPS = 1000
 ``exit_ratio=0`` a run goes on until no pair overlaps, which a typo in ``steps`` (10**9) turned into
 hours."""
 
-# |feature| and |reference| values above this (2^480, about 3.1e144) would overflow the float64
-# sums of squares; eps outside [1e-100, 1e100] would overflow or underflow 1/std².
-MAX_ABS_VALUE = 2.0**480
+# |feature| and |reference| values are at most MAX_ABS_VALUE (2^480, about 3.1e144: the float64
+# sums of squares cannot overflow); eps outside [1e-100, 1e100] would overflow or underflow 1/std².
 EPS_RANGE = (1e-100, 1e100)
 # Standardised centres and ball radii above this would overflow the dynamics' squared distances.
 _MAX_GEOMETRY = 2.0**400
@@ -189,8 +189,8 @@ def ped(
     n, d = X.shape
     yi, c = _class_index(labels, n, X.shape)
     target = _compute_device(X, device)
-    rows = min(opts.chunk_rows or _chunk_rows(n, d), n)
-    passes: _Passes = _NumpyPasses(X, yi, c, rows) if target is None else _TorchPasses(X, yi, c, rows, target)
+    rows = min(opts.chunk_rows or default_chunk_rows(n, d), n)
+    passes: RowPasses = NumpyPasses(X, yi, c, rows) if target is None else TorchPasses(X, yi, c, rows, target)
     ref = None if reference is None else _parse_reference(reference, d)
     with limit_threads(n_threads, ("blas",) if target is None else ("torch", "blas")):
         stats = _statistics(passes, ref, opts)
@@ -295,9 +295,12 @@ def _reference_vector(value: Any, name: str, d: int) -> np.ndarray:
     if is_torch_tensor(value):
         value = value.detach().cpu().double().numpy()
     try:
-        vector = np.asarray(value, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"reference {name} must be a numeric vector of shape ({d},) ({exc})") from None
+        raw = np.asarray(value)
+        if raw.dtype.kind not in "iufO" and raw.dtype.name != "bfloat16":  # no strings, bools, complex
+            raise TypeError(f"dtype {raw.dtype}")
+        vector = raw.astype(np.float64).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"reference {name} must be a real vector of shape ({d},) ({exc})") from None
     if vector.shape != (d,):
         raise ValueError(f"reference mean/std must have shape ({d},), got {vector.shape} for the {name}")
     if not (np.abs(vector) <= MAX_ABS_VALUE).all():
@@ -322,213 +325,12 @@ def _output_dtype(X: Any) -> Any:
     return np.float64 if name == "float64" else np.float32
 
 
-def _chunk_rows(n: int, d: int, target_bytes: int = 32 << 20) -> int:
-    return max(1, min(n, target_bytes // max(1, 8 * d)))
-
-
-def _spans(n: int, rows: int) -> Iterator[Tuple[int, int]]:
-    for lo in range(0, n, rows):
-        yield lo, min(n, lo + rows)
-
-
-def _add_rows_sorted(target: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> None:
-    """``target[idx[k]] += vals[k]`` for ascending ``idx`` (segment sums, deterministic)."""
-    if idx.size == 0:
-        return
-    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
-    target[idx[starts]] += np.add.reduceat(vals, starts, axis=0)
-
-
-def _bad_row_error(ok_rows: Any, lo: int) -> ValueError:
-    return ValueError(f"features row {lo + int(np.argmin(ok_rows))} contains NaN or Inf, or a value above "
-                      f"{MAX_ABS_VALUE:.3g} in magnitude")
-
-
-# ----------------------------------------------------------------------------------------------
-# Streaming passes over the rows (NumPy on the CPU, or torch on a CUDA device)
-# ----------------------------------------------------------------------------------------------
-
-
-class _Passes:
-    """The three streaming passes over the N rows and the final move; results are NumPy (C x D)."""
-
-    def __init__(self, X: Any, yi: np.ndarray, c: int, rows: int) -> None:
-        self.X, self.yi, self.c, self.rows = X, yi, c, rows
-        self.n, self.d = X.shape
-        self.peak = 0.0  # largest |value| of the features, known after the first pass
-
-    def needs_range_check(self, shift: np.ndarray, dtype: Any) -> bool:
-        """Whether some moved value could exceed ``dtype``'s range (then every row is checked)."""
-        return self.peak + float(np.abs(shift).max()) > float(np.finfo(dtype).max)
-
-    def class_and_pool_sums(self) -> Tuple[np.ndarray, np.ndarray]:
-        """Per-class row sums (C, D) and the pool's column sums (D,); checks every value."""
-        raise NotImplementedError
-
-    def pool_squares(self, mean: np.ndarray) -> np.ndarray:
-        """Σ_rows (x - mean)² per column (D,)."""
-        raise NotImplementedError
-
-    def class_squares(self, class_means: np.ndarray, inv_var: np.ndarray) -> np.ndarray:
-        """Σ_{rows of c} Σ_d (x - m_c)² / std_d² per class (C,)."""
-        raise NotImplementedError
-
-    def moved(self, shift: Optional[np.ndarray], dtype: Any) -> Any:
-        """The rows moved by ``shift[class]`` (None: an exact copy), in ``dtype``, following the input."""
-        raise NotImplementedError
-
-
-def _numpy_rows(X: Any, lo: int, hi: int) -> np.ndarray:
-    """Rows lo:hi as float64 NumPy (a view when they already are; never written to)."""
-    if is_torch_tensor(X):
-        return X[lo:hi].to(dtype=_torch_float64()).cpu().numpy()
-    return np.asarray(X[lo:hi], dtype=np.float64)
-
-
-def _torch_float64() -> Any:
-    import torch
-
-    return torch.float64
-
-
-class _NumpyPasses(_Passes):
-    def class_and_pool_sums(self) -> Tuple[np.ndarray, np.ndarray]:
-        class_sum = np.zeros((self.c, self.d), dtype=np.float64)
-        pool_sum = np.zeros(self.d, dtype=np.float64)
-        for lo, hi in _spans(self.n, self.rows):
-            blk = _numpy_rows(self.X, lo, hi)
-            magnitude = np.abs(blk)
-            ok = (magnitude <= MAX_ABS_VALUE).all(axis=1)  # False for NaN and Inf too
-            if not ok.all():
-                raise _bad_row_error(ok, lo)
-            self.peak = max(self.peak, float(magnitude.max()))
-            del magnitude
-            order = np.argsort(self.yi[lo:hi], kind="stable")
-            _add_rows_sorted(class_sum, self.yi[lo:hi][order], blk[order])
-            pool_sum += blk.sum(axis=0)
-        return class_sum, pool_sum
-
-    def pool_squares(self, mean: np.ndarray) -> np.ndarray:
-        sq = np.zeros(self.d, dtype=np.float64)
-        for lo, hi in _spans(self.n, self.rows):
-            blk = _numpy_rows(self.X, lo, hi) - mean
-            sq += np.einsum("ij,ij->j", blk, blk)
-        return sq
-
-    def class_squares(self, class_means: np.ndarray, inv_var: np.ndarray) -> np.ndarray:
-        ss = np.zeros(self.c, dtype=np.float64)
-        for lo, hi in _spans(self.n, self.rows):
-            blk = _numpy_rows(self.X, lo, hi) - class_means[self.yi[lo:hi]]  # never in place
-            blk *= blk
-            ss += np.bincount(self.yi[lo:hi], weights=blk @ inv_var, minlength=self.c)
-        return ss
-
-    def moved(self, shift: Optional[np.ndarray], dtype: Any) -> Any:
-        out = np.empty((self.n, self.d), dtype=dtype)
-        check = shift is not None and self.needs_range_check(shift, dtype)
-        for lo, hi in _spans(self.n, self.rows):
-            if shift is None:
-                out[lo:hi] = self.X[lo:hi] if isinstance(self.X, np.ndarray) else _numpy_rows(self.X, lo, hi)
-                continue
-            moved = _numpy_rows(self.X, lo, hi) + shift[self.yi[lo:hi]]
-            out[lo:hi] = _checked_output(moved, dtype, lo) if check else moved
-        if is_torch_tensor(self.X):  # outputs follow the input
-            import torch
-
-            return torch.from_numpy(out).to(self.X.device)
-        return out
-
-
-def _checked_output(moved: Any, dtype: Any, lo: int) -> Any:
-    """``moved`` (float64 rows) if every value fits ``dtype``; ValueError naming the first row otherwise."""
-    limit = float(np.finfo(dtype).max)
-    ok = (abs(moved) <= limit).all(1)
-    if not bool(ok.all()):
-        first = lo + int(np.argmin(np.asarray(ok.cpu() if is_torch_tensor(ok) else ok)))
-        raise ValueError(f"moved features row {first} does not fit {np.dtype(dtype).name} "
-                         f"(a value beyond {limit:.3g}); scale the features down")
-    return moved
-
-
-class _TorchPasses(_Passes):
-    """The passes with torch (float64) on a CUDA device; the rows are copied there chunk by chunk.
-
-    Class sums use ``index_add_``, whose CUDA float64 atomics may round differently from run to
-    run (last bits only)."""
-
-    def __init__(self, X: Any, yi: np.ndarray, c: int, rows: int, device: Any) -> None:
-        import torch
-
-        super().__init__(X, yi, c, rows)
-        self.torch, self.device = torch, torch.device(device)
-        self.labels = torch.as_tensor(yi, dtype=torch.int64, device=self.device)
-
-    def _rows(self, lo: int, hi: int) -> Any:
-        part = self.X[lo:hi]
-        if is_torch_tensor(part):
-            return part.to(self.device, self.torch.float64)
-        return self.torch.from_numpy(np.asarray(part, dtype=np.float64)).to(self.device)
-
-    def _zeros(self, *shape: int) -> Any:
-        return self.torch.zeros(shape, dtype=self.torch.float64, device=self.device)
-
-    def _numpy(self, t: Any) -> np.ndarray:
-        return t.cpu().numpy()
-
-    def class_and_pool_sums(self) -> Tuple[np.ndarray, np.ndarray]:
-        class_sum, pool_sum = self._zeros(self.c, self.d), self._zeros(self.d)
-        for lo, hi in _spans(self.n, self.rows):
-            blk = self._rows(lo, hi)
-            magnitude = blk.abs()
-            ok = (magnitude <= MAX_ABS_VALUE).all(dim=1)
-            if not bool(ok.all()):
-                raise _bad_row_error(ok.cpu().numpy(), lo)
-            self.peak = max(self.peak, float(magnitude.max()))
-            class_sum.index_add_(0, self.labels[lo:hi], blk)
-            pool_sum += blk.sum(dim=0)
-        return self._numpy(class_sum), self._numpy(pool_sum)
-
-    def pool_squares(self, mean: np.ndarray) -> np.ndarray:
-        sq, mean_t = self._zeros(self.d), self.torch.from_numpy(mean).to(self.device)
-        for lo, hi in _spans(self.n, self.rows):
-            blk = self._rows(lo, hi) - mean_t
-            sq += (blk * blk).sum(dim=0)
-        return self._numpy(sq)
-
-    def class_squares(self, class_means: np.ndarray, inv_var: np.ndarray) -> np.ndarray:
-        ss = self._zeros(self.c)
-        means_t = self.torch.from_numpy(class_means).to(self.device)
-        inv_var_t = self.torch.from_numpy(inv_var).to(self.device)
-        for lo, hi in _spans(self.n, self.rows):
-            labels = self.labels[lo:hi]
-            blk = self._rows(lo, hi) - means_t[labels]
-            ss.index_add_(0, labels, (blk * blk) @ inv_var_t)
-        return self._numpy(ss)
-
-    def moved(self, shift: Optional[np.ndarray], dtype: Any) -> Any:
-        torch = self.torch
-        out_dtype = torch.float64 if dtype == np.float64 else torch.float32
-        tensor_in = is_torch_tensor(self.X)
-        out = torch.empty((self.n, self.d), dtype=out_dtype, device=self.X.device) if tensor_in else \
-            np.empty((self.n, self.d), dtype=dtype)
-        shift_t = None if shift is None else torch.from_numpy(shift).to(self.device)
-        check = shift is not None and self.needs_range_check(shift, dtype)
-        for lo, hi in _spans(self.n, self.rows):
-            blk = self._rows(lo, hi)
-            if shift_t is not None:
-                blk = blk + shift_t[self.labels[lo:hi]]
-                if check:
-                    _checked_output(blk, dtype, lo)
-            out[lo:hi] = blk.to(out.device, out_dtype) if tensor_in else blk.to(out_dtype).cpu().numpy()
-        return out
-
-
 # ----------------------------------------------------------------------------------------------
 # Class statistics and dynamics (NumPy, on the C x D centres)
 # ----------------------------------------------------------------------------------------------
 
 
-def _statistics(passes: _Passes, reference: Optional[Tuple[np.ndarray, np.ndarray]], opts: _Options) -> _Statistics:
+def _statistics(passes: RowPasses, reference: Optional[Tuple[np.ndarray, np.ndarray]], opts: _Options) -> _Statistics:
     """Standardisation, standardised class centres and ball radii (two or three passes)."""
     class_sum, pool_sum = passes.class_and_pool_sums()
     counts = np.bincount(passes.yi, minlength=passes.c).astype(np.float64)
@@ -594,10 +396,10 @@ def _displacement(M: np.ndarray, reach_sum: np.ndarray, coef: float) -> Optional
     if ia.size <= _SPARSE_FRACTION * c * c:
         # sparse W @ M: np.nonzero yields ia sorted, so segment sums over pair blocks
         wm = np.zeros((c, d), dtype=np.float64)
-        blk_pairs = _chunk_rows(ia.size, d)
+        blk_pairs = default_chunk_rows(ia.size, d)
         for lo in range(0, ia.size, blk_pairs):
             hi = min(ia.size, lo + blk_pairs)
-            _add_rows_sorted(wm, ia[lo:hi], M[ib[lo:hi]] * w[lo:hi, None])
+            add_rows_sorted(wm, ia[lo:hi], M[ib[lo:hi]] * w[lo:hi, None])
     else:
         Wd = np.zeros((c, c), dtype=np.float64)
         Wd[ia, ib] = w
