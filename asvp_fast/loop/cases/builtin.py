@@ -15,6 +15,7 @@ read through :mod:`importlib.resources`, so they work from an installed wheel an
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import io
@@ -29,6 +30,7 @@ from ..models.backbones import EfficientNetLite0, MiniLM, TextCollate, TinyMLPBa
 from .case import Case
 from .datasets import ArrayDataset, TextDataset, stack_collate
 from .imagefolder import imagefolder_case
+from .registry import register_case
 from .splits import check_sizes, disjoint_split, random_subset
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -263,3 +265,32 @@ def builtin_case(name: str, **kwargs: Any) -> Case:
 
 
 __all__ = ["BUILTIN_CASES", "builtin_case", "fashion_mnist_case", "imagefolder_case", "synthetic_case", "wordnet_nouns_case"]
+
+
+# -- the built-in cases as config case types ([data] fields and builders) ----------------------
+@dataclass(frozen=True)
+class WordNetFields:
+    pool_size: int = 4000
+    test_size: int = 800
+    seed: int = 0
+    max_length: int = 32
+
+
+@dataclass(frozen=True)
+class FashionFields:
+    pool_size: int = 6000
+    test_size: int = 1000
+    seed: int = 0
+    image_size: int = 96
+
+
+@dataclass(frozen=True)
+class SyntheticFields:
+    pool_size: int = 600
+    test_size: int = 200
+    seed: int = 0
+
+
+register_case("wordnet-nouns", WordNetFields, lambda f, base_dir: wordnet_nouns_case(**dataclasses.asdict(f)))
+register_case("fashion-mnist", FashionFields, lambda f, base_dir: fashion_mnist_case(**dataclasses.asdict(f)))
+register_case("synthetic", SyntheticFields, lambda f, base_dir: synthetic_case(**dataclasses.asdict(f)))

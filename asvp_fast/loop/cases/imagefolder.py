@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from dataclasses import dataclass
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -13,6 +14,7 @@ import numpy as np
 from ..models.backbones import ResNet50
 from .case import Case
 from .datasets import IMAGE_EXTENSIONS, ImageFolderDataset, stack_collate
+from .registry import register_case, resolve
 from .splits import random_subset
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -140,3 +142,26 @@ def imagefolder_case(
     )
 
 
+
+
+@dataclass(frozen=True)
+class ImageFolderFields:
+    """``[data]`` of ``case = "imagefolder"``: paths relative to the config file's folder."""
+
+    train_dir: str
+    test_dir: str
+    checkpoint: Optional[str] = None
+    image_size: int = 224
+    pool_size: Optional[int] = None
+    test_size: Optional[int] = None
+    seed: int = 0
+
+
+def _build_imagefolder(f: ImageFolderFields, base_dir: Path) -> Case:
+    checkpoint = resolve(base_dir, f.checkpoint)
+    return imagefolder_case(str(resolve(base_dir, f.train_dir)), str(resolve(base_dir, f.test_dir)),
+                            checkpoint=str(checkpoint) if checkpoint else None, image_size=f.image_size,
+                            pool_size=f.pool_size, test_size=f.test_size, seed=f.seed)
+
+
+register_case("imagefolder", ImageFolderFields, _build_imagefolder)

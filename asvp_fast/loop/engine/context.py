@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from ..cases import builtin
+from ..cases import builtin  # noqa: F401  (registers the built-in cases)
+from ..cases.registry import case_type
 from ..cases.case import Case
 from ..methods import derive_seed
 from ..models.backbones.base import Backbone
@@ -24,18 +26,10 @@ from .state import RunState
 
 def build_case(cfg: RunConfig) -> Case:
     """The data case a config names (cheap: lists files / reads the shipped subsets)."""
-
-    d = cfg.data
-    sizes = {k: v for k, v in (("pool_size", d.pool_size), ("test_size", d.test_size)) if v is not None}
-    if d.case == "wordnet-nouns":
-        return builtin.wordnet_nouns_case(**sizes, seed=d.seed, max_length=d.max_length)
-    if d.case == "fashion-mnist":
-        return builtin.fashion_mnist_case(**sizes, seed=d.seed, **({"image_size": d.image_size} if d.image_size else {}))
-    if d.case == "synthetic":
-        return builtin.synthetic_case(**sizes, seed=d.seed)
-    return builtin.imagefolder_case(str(cfg.path(d.train_dir)), str(cfg.path(d.test_dir)),
-                                 checkpoint=str(cfg.path(d.checkpoint)) if d.checkpoint else None,
-                                 image_size=d.image_size or 224, pool_size=d.pool_size, test_size=d.test_size, seed=d.seed)
+    kind = case_type(cfg.data.case)
+    names = {f.name for f in dataclasses.fields(kind.fields)}
+    given = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k in names and v is not None}
+    return kind.build(kind.fields(**given), Path(cfg.base_dir))
 
 
 @dataclass
