@@ -1,92 +1,25 @@
-"""Label-efficiency and cost metrics for comparing an active-learning run with random sampling.
-
-A *random curve* is the test accuracy that random sampling reached at a few label counts
-(``random_labels``, strictly increasing, with accuracies ``random_accuracy``). Between its points
-it is read as piecewise linear. For a method that reached accuracy ``a`` with ``N1`` labels:
-
-* ``N2 = equivalent_random_labels(a, ...)`` is the number of labels random sampling needs to reach
-  ``a``: the **smallest** label count at which the piecewise-linear random curve first reaches
-  ``a`` (its first crossing). Real random curves are noisy and need not be monotone; taking the
-  first crossing means a later dip below ``a`` does not push ``N2`` further out, and a plateau at
-  exactly ``a`` answers with its left end.
-* ``sample_saving_ratio = (N2 - N1) / N2``: the fraction of random sampling's labels the method
-  saved at that round (negative where the method needed more labels than random).
-* ``average_sample_saving_ratio``: its mean over rounds.
-* ``overall_cost = N1 * P_l * reviews + C_tr``, with ``C_tr = train_hours * hourly_price``.
-
-Accuracies outside the random curve's range
--------------------------------------------
-``outside`` decides what ``N2`` is for an accuracy the curve does not cover. Accuracies equal to
-the first point's accuracy, or reached anywhere on the curve, are *inside* the range and are
-answered by the first crossing in every mode.
-
-``"clip"`` (default)
-    * Above every point of the curve: ``N2`` is the largest random label count. Random sampling
-      would have needed at least that many (it had not got there yet), so ``N2`` is
-      under-stated and the saving ratio is a **lower bound** (conservative).
-    * Below the first point's accuracy: ``N2`` is the smallest random label count. If random
-      sampling improves with labels, it would have reached this accuracy with at most that many,
-      so ``N2`` is over-stated and the saving ratio is an **upper bound** (optimistic) there. It
-      is exact where it matters most: at round 0 every method starts from the same random
-      initial labelled set as the random curve's first point, so ``N1`` equals the first random
-      label count and the ratio is 0 however the accuracy fluctuates with the training seed. A
-      later round that scores below random's starting accuracy gets a negative ratio; the true
-      ratio is at most that.
-``"nan"``
-    ``N2`` is NaN outside the range; the ratio is NaN for that round and
-    :func:`average_sample_saving_ratio` leaves such rounds out.
-``"extrapolate"``
-    The end segment on that side is extended as a straight line: the first two points below the
-    range, the last two above it. Below the range the answer is never less than 0 labels (it is
-    clamped at 0). If that end segment is flat or falling, the line never reaches the accuracy
-    in the needed direction and ``N2`` is NaN.
-
-A saving ratio needs ``N2 > 0``; an ``N2`` of 0 (a random curve that starts at 0 labels, or an
-extrapolation clamped at 0) raises :class:`ValueError`.
-
-Default prices
---------------
-The module constants are reference figures for :func:`overall_cost`, not facts about your setup:
-prices change and differ by region, workforce and task, so pass your own.
-
-``DEFAULT_LABEL_PRICE_USD = 0.012``
-    Price of one annotation (one worker labelling one item) of an image-classification item by
-    a Mechanical-Turk-style public workforce: the per-object price tier that
-    AWS SageMaker Ground Truth suggests for image classification with the Amazon Mechanical Turk
-    workforce. The per-object service fee of Ground Truth itself is not included.
-``DEFAULT_REVIEWS = 3``
-    Annotations bought per item: the paper priced labels with three annotations per sample.
-``DEFAULT_HOURLY_PRICE_USD = 3.06``
-    On-demand hourly price of an AWS EC2 p3.2xlarge (one NVIDIA V100) in us-east-1, the instance
-    family the paper priced training on.
-
-Everything here is plain NumPy (float64).
-"""
+"""Equivalent random labels, sample saving ratios and overall cost (see :mod:`asvp_fast.metrics`)."""
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Literal, Sequence, Tuple, Union, overload
+from typing import Any, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = [
-    "DEFAULT_HOURLY_PRICE_USD",
-    "DEFAULT_LABEL_PRICE_USD",
-    "DEFAULT_REVIEWS",
-    "average_sample_saving_ratio",
-    "equivalent_random_labels",
-    "overall_cost",
-    "sample_saving_ratio",
-]
-
-Outside = Literal["clip", "nan", "extrapolate"]
-FloatArray = npt.NDArray[np.float64]
-ArrayInput = Union[Sequence[float], Sequence[Sequence[float]], npt.NDArray[Any]]
-
-_OUTSIDE_MODES: Tuple[str, ...] = ("clip", "nan", "extrapolate")
+from .validation import (
+    ArrayInput,
+    FloatArray,
+    Outside,
+    as_finite,
+    check_nonnegative,
+    check_outside,
+    is_scalar,
+    random_curve,
+    round_inputs,
+)
 
 DEFAULT_LABEL_PRICE_USD: float = 0.012
 """USD per annotation of one image-classification item (Mechanical-Turk-style public workforce,
@@ -97,84 +30,6 @@ DEFAULT_REVIEWS: int = 3
 
 DEFAULT_HOURLY_PRICE_USD: float = 3.06
 """USD per hour of an AWS EC2 p3.2xlarge on demand (one V100, us-east-1). Set your own."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def _is_scalar(value: Any) -> bool:
-    """Whether ``value`` is a Python or NumPy real scalar (0-d arrays are arrays)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, np.ndarray)
-
-
-def _as_finite(value: Any, name: str) -> FloatArray:
-    """``value`` as a float64 array; ValueError naming ``name`` if not numeric or not finite.
-
-    Real numbers only: strings (even "0.5"), booleans, complex numbers and dates are not numeric
-    here, and an integer too large for float64 is named instead of raising OverflowError.
-    """
-    if isinstance(value, (str, bytes, bool, np.bool_)):
-        raise ValueError(f"{name} must be numeric, got {type(value).__name__} {value!r}")
-    try:
-        raw = np.asarray(value)
-        if raw.dtype.kind not in "iufO":  # bool, complex, str, bytes, dates, structured
-            raise TypeError(f"dtype {raw.dtype}")
-        array = raw.astype(np.float64)
-    except OverflowError as exc:  # Python integers beyond float64 (10**400)
-        raise ValueError(f"{name} holds a value too large for float64") from exc
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numeric, got {value!r}") from exc
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or inf; every value must be finite")
-    return array
-
-
-def _check_nonnegative(array: FloatArray, name: str) -> None:
-    """ValueError naming ``name`` if any entry of ``array`` is negative."""
-    if np.any(array < 0):
-        raise ValueError(f"{name} must not be negative, got a minimum of {float(np.min(array))}")
-
-
-def _check_outside(outside: str) -> None:
-    """ValueError naming ``outside`` if it is not one of the known modes."""
-    if outside not in _OUTSIDE_MODES:
-        raise ValueError(f"unknown outside={outside!r}; expected one of {list(_OUTSIDE_MODES)}")
-
-
-def _random_curve(random_labels: Any, random_accuracy: Any) -> Tuple[FloatArray, FloatArray]:
-    """The validated random curve as two float64 1-D arrays of equal length >= 2."""
-    labels = _as_finite(random_labels, "random_labels")
-    accuracy = _as_finite(random_accuracy, "random_accuracy")
-    if labels.ndim != 1 or accuracy.ndim != 1:
-        raise ValueError(
-            f"random_labels and random_accuracy must be 1-D, got shapes {labels.shape} and {accuracy.shape}"
-        )
-    if labels.size != accuracy.size:
-        raise ValueError(
-            f"random_labels and random_accuracy must have the same length, got {labels.size} and {accuracy.size}"
-        )
-    if labels.size < 2:
-        raise ValueError(
-            f"random_labels needs at least 2 points to interpolate between, got {labels.size}"
-        )
-    _check_nonnegative(labels, "random_labels")
-    if np.any(np.diff(labels) <= 0):
-        raise ValueError("random_labels must be strictly increasing (one accuracy per label count, in order)")
-    return labels, accuracy
-
-
-def _rounds(n_labels: Any, accuracy: Any) -> Tuple[FloatArray, FloatArray]:
-    """The validated per-round label counts and accuracies, of the same shape."""
-    n1 = _as_finite(n_labels, "n_labels")
-    acc = _as_finite(accuracy, "accuracy")
-    _check_nonnegative(n1, "n_labels")
-    if n1.shape != acc.shape:
-        raise ValueError(
-            f"n_labels and accuracy must have the same shape (one entry per round), got {n1.shape} and {acc.shape}"
-        )
-    return n1, acc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,11 +173,11 @@ def equivalent_random_labels(
     >>> round(equivalent_random_labels(0.65, [100, 200, 400], [0.5, 0.6, 0.7]), 9)
     300.0
     """
-    _check_outside(outside)
-    labels, curve = _random_curve(random_labels, random_accuracy)
-    target = _as_finite(accuracy, "accuracy")
+    check_outside(outside)
+    labels, curve = random_curve(random_labels, random_accuracy)
+    target = as_finite(accuracy, "accuracy")
     result = _equivalent(target.reshape(-1), labels, curve, outside).reshape(target.shape)
-    return float(result) if _is_scalar(accuracy) else result
+    return float(result) if is_scalar(accuracy) else result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,9 +189,9 @@ def _saving_ratios(
     n_labels: Any, accuracy: Any, random_labels: Any, random_accuracy: Any, outside: str
 ) -> FloatArray:
     """(N2 - N1) / N2 as a float64 array of the rounds' shape (validated)."""
-    _check_outside(outside)
-    labels, curve = _random_curve(random_labels, random_accuracy)
-    n1, acc = _rounds(n_labels, accuracy)
+    check_outside(outside)
+    labels, curve = random_curve(random_labels, random_accuracy)
+    n1, acc = round_inputs(n_labels, accuracy)
     n2 = _equivalent(acc.reshape(-1), labels, curve, outside).reshape(acc.shape)
     zero = n2 <= 0  # NaN compares False: NaN rounds stay NaN
     if np.any(zero):
@@ -422,7 +277,7 @@ def sample_saving_ratio(
     0.333333333
     """
     ratios = _saving_ratios(n_labels, accuracy, random_labels, random_accuracy, outside)
-    return float(ratios) if _is_scalar(n_labels) and _is_scalar(accuracy) else ratios
+    return float(ratios) if is_scalar(n_labels) and is_scalar(accuracy) else ratios
 
 
 def average_sample_saving_ratio(
@@ -533,9 +388,9 @@ def overall_cost(
         raise ValueError("reviews is too large for float64") from exc
     values = {"n_labels": n_labels, "label_price": label_price, "train_hours": train_hours,
               "hourly_price": hourly_price}
-    arrays = {name: _as_finite(value, name) for name, value in values.items()}
+    arrays = {name: as_finite(value, name) for name, value in values.items()}
     for name, array in arrays.items():
-        _check_nonnegative(array, name)
+        check_nonnegative(array, name)
     try:
         n1, p_l, hours, hourly = np.broadcast_arrays(*arrays.values())
     except ValueError as exc:
@@ -547,4 +402,4 @@ def overall_cost(
         raise ValueError(
             "the overall cost n_labels * label_price * reviews + train_hours * hourly_price overflows float64"
         )
-    return float(cost) if all(_is_scalar(value) for value in values.values()) else cost
+    return float(cost) if all(is_scalar(value) for value in values.values()) else cost
