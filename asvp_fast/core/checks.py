@@ -111,19 +111,47 @@ def parse_int(value: Any, name: str, *, minimum: int = 0, maximum: Optional[int]
     return int(value)
 
 
-def parse_positive_real(value: Any, name: str, *, maximum: Optional[float] = None) -> float:
-    """A finite real number > 0 (temperatures, learning rates, weights), at most ``maximum``."""
+def parse_real(value: Any, name: str, *, minimum: Optional[float] = None, positive: bool = False,
+               maximum: Optional[float] = None) -> float:
+    """A finite real number (bools and strings are not numbers), optionally bounded: ``>= minimum``,
+    ``> 0`` with ``positive``, ``<= maximum``. An integer beyond float64 (10**400) is not finite."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     try:
         number = float(value)
-    except OverflowError:  # an integer beyond float range (10**400) is not finite either
+    except OverflowError:
         number = math.inf
-    if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and not number > 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
     if maximum is not None and number > maximum:
-        raise ValueError(f"{name} must be at most {maximum:g}, got {value}")
+        raise ValueError(f"{name} must be at most {maximum:g}, got {value!r}")
     return number
+
+
+def parse_positive_real(value: Any, name: str, *, maximum: Optional[float] = None) -> float:
+    """A finite real number > 0 (temperatures, learning rates, weights), at most ``maximum``."""
+    return parse_real(value, name, positive=True, maximum=maximum)
+
+
+def parse_labels(labels: Any, n: int, name: str = "labels", *, of: str = "the features") -> np.ndarray:
+    """Integer class labels, one per row (N,), from NumPy, a list or a torch tensor (any device)."""
+    if is_torch_tensor(labels):
+        labels = labels.detach().cpu().numpy()
+    if isinstance(labels, (str, bytes)):
+        raise TypeError(f"{name} must be an integer array, got {type(labels).__name__}")
+    try:
+        y = np.asarray(labels)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be an integer array ({exc})") from None
+    if y.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match {of}, got {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {y.dtype}")
+    return y
 
 
 def parse_seed(seed: Any, name: str = "seed") -> int:

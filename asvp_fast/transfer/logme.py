@@ -48,12 +48,11 @@ restored afterwards; ``None`` leaves them as they are (all cores by default).
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
 
-from ..core.checks import is_torch_tensor, parse_device, parse_int, parse_threads
+from ..core.checks import is_torch_tensor, parse_device, parse_int, parse_labels, parse_real, parse_threads
 from ..core.devices import torch_device
 from ..core.threads import limit_threads
 
@@ -88,10 +87,10 @@ def logme(features: Any, labels: Any, *, max_iter: int = 100, tol: float = 1e-6,
     device that is not usable here.
     """
     max_iter = parse_int(max_iter, "max_iter", minimum=1, maximum=MAX_ITER)
-    tol = _parse_tol(tol)
+    tol = parse_real(tol, "tol", minimum=0.0)
     n_threads = parse_threads(threads)
     feats = _as_matrix(features)
-    y = _as_labels(labels, feats.shape[0])
+    y = parse_labels(labels, feats.shape[0])
     n, d = feats.shape
     classes, inverse = np.unique(y, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -111,18 +110,6 @@ def logme(features: Any, labels: Any, *, max_iter: int = 100, tol: float = 1e-6,
 # ----------------------------------------------------------------------------------------------
 # Arguments
 # ----------------------------------------------------------------------------------------------
-
-
-def _parse_tol(tol: Any) -> float:
-    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"tol must be a real number, got {type(tol).__name__} {tol!r}")
-    try:
-        value = float(tol)
-    except OverflowError:  # an integer beyond float64
-        value = math.inf
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    return value
 
 
 def _target_device(feats: Any, device: Any) -> Any:
@@ -159,22 +146,6 @@ def _check_shape(shape: Tuple[int, ...]) -> None:
         raise ValueError(f"features must be 2-D (N, D), got shape {shape}")
     if shape[0] == 0 or shape[1] == 0:
         raise ValueError(f"features must have at least one row and one column, got shape {shape}")
-
-
-def _as_labels(labels: Any, n: int) -> np.ndarray:
-    if is_torch_tensor(labels):
-        labels = labels.detach().cpu().numpy()
-    if isinstance(labels, (str, bytes)):
-        raise TypeError(f"labels must be an integer array, got {type(labels).__name__}")
-    try:
-        y = np.asarray(labels)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"labels must be an integer array ({exc})") from None
-    if y.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},) to match the features, got {y.shape}")
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integers, got dtype {y.dtype}")
-    return y
 
 
 # ----------------------------------------------------------------------------------------------

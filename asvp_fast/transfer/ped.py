@@ -30,13 +30,11 @@ Implementation notes
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from ..core.checks import is_torch_tensor, parse_device, parse_int, parse_threads
+from ..core.checks import is_torch_tensor, parse_device, parse_int, parse_labels, parse_real, parse_threads
 from ..core.devices import torch_device
 from ..core.threads import limit_threads
 from .ped_passes import MAX_ABS_VALUE, NumpyPasses, RowPasses, TorchPasses, add_rows_sorted, default_chunk_rows
@@ -205,33 +203,20 @@ def ped(
 # ----------------------------------------------------------------------------------------------
 
 
-def _real(value: Any, name: str) -> float:
-    """A finite real number (bools are not numbers here)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond float64
-        number = math.inf
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return number
-
-
 def _parse_options(steps: Any, step_size: Any, nsigma: Any, exit_ratio: Any, constant: Any, eps: Any,
                    chunk_rows: Any) -> _Options:
     steps = parse_int(steps, "steps", minimum=2, maximum=MAX_STEPS)
-    step_size = _real(step_size, "step_size")
+    step_size = parse_real(step_size, "step_size")
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size!r}")
-    nsigma = _real(nsigma, "nsigma")
-    exit_ratio = _real(exit_ratio, "exit_ratio")
+    nsigma = parse_real(nsigma, "nsigma")
+    exit_ratio = parse_real(exit_ratio, "exit_ratio")
     if not 0.0 <= exit_ratio < 1.0:
         raise ValueError(f"exit_ratio must be in [0, 1), got {exit_ratio!r}")
-    constant = _real(constant, "constant")
+    constant = parse_real(constant, "constant")
     if constant < 0:
         raise ValueError(f"constant must be >= 0 (the force repels overlapping classes), got {constant!r}")
-    eps = _real(eps, "eps")
+    eps = parse_real(eps, "eps")
     if not EPS_RANGE[0] <= eps <= EPS_RANGE[1]:
         raise ValueError(f"eps must be in [{EPS_RANGE[0]:g}, {EPS_RANGE[1]:g}], got {eps!r}")
     rows = None if chunk_rows is None else parse_int(chunk_rows, "chunk_rows", minimum=1)
@@ -264,18 +249,7 @@ def _as_features(features: Any) -> Any:
 
 def _class_index(labels: Any, n: int, shape: Tuple[int, ...]) -> Tuple[np.ndarray, int]:
     """Labels remapped to 0..C-1 (intp), and C (at least 2)."""
-    if is_torch_tensor(labels):
-        labels = labels.detach().cpu().numpy()
-    if isinstance(labels, (str, bytes)):
-        raise TypeError(f"labels must be an integer array, got {type(labels).__name__}")
-    try:
-        y = np.asarray(labels)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"labels must be an integer array ({exc})") from None
-    if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"labels must have shape ({n},) to match features {tuple(shape)}, got {y.shape}")
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integers, got dtype {y.dtype}")
+    y = parse_labels(labels, n, of=f"features {tuple(shape)}")
     classes, yi = np.unique(y, return_inverse=True)
     if classes.shape[0] < 2:
         raise ValueError(f"PED needs at least 2 classes, got {classes.shape[0]}")
