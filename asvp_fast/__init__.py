@@ -23,4 +23,22 @@ from .transfer.ped import ped
 
 __version__ = "0.1.0"
 
+# Names that need torch, imported on first use so that `import asvp_fast` stays light.
+_LAZY = ("ActiveLearner", "LearnerStateError")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from .loop import learner
+
+        value = getattr(learner, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'asvp_fast' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = ["__version__", "backends", "metrics", "badge", "kcenter_greedy", "kmeans_pp", "logme", "ped", "scores", "select_uncertain"]

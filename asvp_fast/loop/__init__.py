@@ -3,7 +3,8 @@
 Needs PyTorch (``pip install "asvp-fast[demo]"`` brings it with the built-in models). One folder per
 layer, dependencies pointing down (enforced by import-linter, see ``.importlinter``):
 
-* :mod:`.api` – :func:`run` (one run and its report) and :func:`run_seeds`;
+* :mod:`.api` – :func:`run` (one run and its report) and :func:`run_seeds`; :mod:`.learner` – the
+  ask/tell :class:`ActiveLearner` for your own training loop or labelling tool;
 * :mod:`.reporting` – results table, plots, multi-seed study;
 * :mod:`.engine` – config, the runner (rounds, oracle, training, evaluation), run state, oracles;
 * :mod:`.methods` – one file per method (random, SVPp, standard AL, ActiveFT(pre), ASVP) and the
@@ -18,8 +19,10 @@ layer, dependencies pointing down (enforced by import-linter, see ``.importlinte
 from .api import run, run_seeds
 from .cases.case import Case
 from .engine.config import ConfigError, RunConfig, load_config, parse_config
+from .engine.labelstudio import LabelStudioOracle, LabelStudioPending
 from .engine.oracle import FileOracle, LabelsPending, SimulatedOracle
 from .engine.state import RunState, StateError
+from .learner import ActiveLearner, LearnerStateError
 from .methods import METHODS, Method, MethodContext, MethodSpec, register_method
 from .models.backbones.base import Backbone
 from .models.classifier import Classifier
@@ -31,7 +34,8 @@ from .selection.view import SelectorView
 from .storage.cache import CacheError, FeatureCache
 
 __all__ = [
-    "Backbone", "CacheError", "Case", "Classifier", "ConfigError", "FeatureCache", "FileOracle", "LabelsPending",
+    "ActiveLearner", "Backbone", "CacheError", "Case", "Classifier", "ConfigError", "FeatureCache", "FileOracle", "LabelsPending",
+    "LabelStudioOracle", "LabelStudioPending", "LearnerStateError",
     "METHODS", "MLPProxy", "Method", "MethodContext", "MethodSpec", "ProxyConfig", "ProxySelector", "RunConfig",
     "RunState", "STRATEGIES", "Selector", "SelectorView", "SimulatedOracle", "StateError", "TRAINERS",
     "TargetModelSelector", "TrainConfig", "TrainJob", "Trainer", "load_config", "parse_config", "register_method",

@@ -7,7 +7,7 @@ ReLU → Linear with the hidden width equal to the feature dimension, SGD with m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -22,14 +22,16 @@ from .seeding import seeded_torch
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    epochs: int = 50
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 2048
-    inference_batch_size: int = 16384
-    hidden: Optional[int] = None  # None: the feature dimension, as in the paper
-    device: str = "auto"
+    # metadata: the ranges a config is checked against (engine/schema.py); "machine": not part of
+    # the resume digest (a run may continue on another machine with other values)
+    epochs: int = field(default=50, metadata={"ge": 1})
+    lr: float = field(default=0.01, metadata={"gt": 0})
+    momentum: float = field(default=0.9, metadata={"ge": 0, "lt": 1})
+    weight_decay: float = field(default=0.0, metadata={"ge": 0})
+    batch_size: int = field(default=2048, metadata={"ge": 2})  # BatchNorm needs two rows
+    inference_batch_size: int = field(default=16384, metadata={"ge": 1, "machine": True})
+    hidden: Optional[int] = field(default=None, metadata={"ge": 1})  # None: the feature dimension, as in the paper
+    device: str = field(default="auto", metadata={"device": True, "machine": True})
 
 
 class MLPProxy(nn.Module):
@@ -100,7 +102,7 @@ def proxy_outputs(model: MLPProxy, features: np.ndarray, *, hidden: bool = True,
     if hidden:
         emb = hidden_out if hidden_out is not None else np.empty((n, width), dtype=np.float16)
     for rows in chunked_rows(n, features.shape[1], target_bytes=batch_size * features.shape[1] * 4):
-        x = torch.from_numpy(np.asarray(features[rows], dtype=np.float32)).to(dev)
+        x = torch.from_numpy(np.array(features[rows], dtype=np.float32))  # a copy: memmap rows are read-only.to(dev)
         h = model.embed(x)
         logits[rows] = model.head(h).float().cpu().numpy()
         if emb is not None:
