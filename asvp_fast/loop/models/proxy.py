@@ -102,7 +102,8 @@ def proxy_outputs(model: MLPProxy, features: np.ndarray, *, hidden: bool = True,
     if hidden:
         emb = hidden_out if hidden_out is not None else np.empty((n, width), dtype=np.float16)
     for rows in chunked_rows(n, features.shape[1], target_bytes=batch_size * features.shape[1] * 4):
-        x = torch.from_numpy(np.array(features[rows], dtype=np.float32))  # a copy: memmap rows are read-only.to(dev)
+        # a copy (np.array): memmap rows are read-only, and torch warns on non-writable arrays
+        x = torch.from_numpy(np.array(features[rows], dtype=np.float32)).to(dev)
         h = model.embed(x)
         logits[rows] = model.head(h).float().cpu().numpy()
         if emb is not None:
