@@ -106,7 +106,6 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
               source: "object" = None, seeds: Optional[List[int]] = None, command: str = "", title: str = "") -> int:
     """Run the loop (one run, or one per seed with ``seeds``) with the CLI's error handling:
     messages, not tracebacks, for the user's mistakes."""
-    import shutil
     import time
     from pathlib import Path
 
@@ -126,9 +125,6 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
     start = time.perf_counter()
     try:
         config = get_config()  # type: ignore[operator]
-        if source is not None and not (out / "state.json").exists():
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(str(source), out / ("config" + Path(str(source)).suffix))
         if seeds is None:
             run(config, out, resume=resume, progress=progress)
         else:
@@ -151,8 +147,25 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
             raise
         print(f"asvp-fast: {exc}", file=sys.stderr)
         return 2
+    finally:
+        _keep_config_copy(source, out)
     print(f"run directory: {out} (wall time {time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def _keep_config_copy(source: "object", out: "object") -> None:
+    """A copy of the user's config file beside the run, once the run exists: the CLI never creates
+    the run directory itself, so a config rejected before any work leaves nothing behind."""
+    import shutil
+    from pathlib import Path
+
+    if source is None:
+        return
+    run_dir = Path(str(out))
+    target = run_dir / ("config" + Path(str(source)).suffix)
+    made = (run_dir / "state.json").exists() or any(run_dir.glob("seed*/state.json"))
+    if made and not target.exists():
+        shutil.copyfile(str(source), target)
 
 
 def _demo(args: "argparse.Namespace") -> int:

@@ -146,9 +146,14 @@ def test_truncated_or_corrupt_state_is_reported(tmp_path):
     with pytest.raises(StateError, match="damaged or truncated.*state.prev.json"):
         run(cfg, tmp_path / "r", resume=True, echo=quiet)
     raw = json.loads(text)
-    raw["methods"]["random"][1]["new"] = [10**6]  # a row without a label
+    unlabelled = next(i for i in range(300) if i not in raw["labels"]["rows"])
+    raw["methods"]["random"][1]["new"][0] = unlabelled  # a row without a label
     state_path.write_text(json.dumps(raw))
     with pytest.raises(StateError, match="without labels"):
+        run(cfg, tmp_path / "r", resume=True, echo=quiet)
+    raw["methods"]["random"][1]["new"][0] = 10**6  # not a row of the 300-item pool
+    state_path.write_text(json.dumps(raw))
+    with pytest.raises(StateError, match=r"methods.random\[1\].new\[0\] is 1000000, outside \[0, 299\]"):
         run(cfg, tmp_path / "r", resume=True, echo=quiet)
 
 

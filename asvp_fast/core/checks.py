@@ -61,7 +61,7 @@ def parse_device(device: Any, name: str = "device") -> DeviceSpec:
     if text in DEVICE_KINDS:
         return DeviceSpec(text)
     kind, sep, index = text.partition(":")
-    if kind == "cuda" and sep and index.isdigit() and len(index) <= 4:
+    if kind == "cuda" and sep and index.isascii() and index.isdigit() and len(index) <= 4:
         return DeviceSpec("cuda", int(index))
     raise ValueError(f"{name} must be one of 'auto', 'cpu', 'cuda', 'cuda:N', got {device!r}")
 

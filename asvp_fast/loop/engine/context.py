@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -19,17 +18,16 @@ from ..models.backbones.base import Backbone
 from ..models.classifier import Classifier, accuracy, predict
 from ..models.trainers import train_classifier
 from ..storage.cache import FeatureCache
-from ..storage.files import remove_if_exists
 from .config import RunConfig
 from .state import RunState
 
 
 def build_case(cfg: RunConfig) -> Case:
-    """The data case a config names (cheap: lists files / reads the shipped subsets)."""
+    """The data case a config names (cheap: lists files / reads the shipped subsets); its fields
+    were checked against the case's fields dataclass when the config was read."""
     kind = case_type(cfg.data.case)
-    names = {f.name for f in dataclasses.fields(kind.fields)}
-    given = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k in names and v is not None}
-    return kind.build(kind.fields(**given), Path(cfg.base_dir))
+    fields = cfg.data.fields if cfg.data.fields is not None else kind.fields()
+    return kind.build(fields, Path(cfg.base_dir))
 
 
 @dataclass
@@ -72,9 +70,7 @@ class RunContext:
                              progress=self.progress)
 
     def drop_cache_version(self, cache: FeatureCache, version: int) -> None:
-        m = cache.manifest(version=version, split="pool")
-        remove_if_exists(cache.manifest_path("pool", version))
-        remove_if_exists(cache.data_path("pool", version, m.dtype))
+        cache.discard("pool", version)
 
     def fresh_backbone(self) -> Backbone:
         """A copy of the pre-trained backbone (loaded from disk once per run, copied per training)."""

@@ -5,19 +5,24 @@
   (``index,item,label`` with the label column empty) and reads the answers back from the same
   file once every row has a label, given as a class name or a class number. Until then a query
   raises :class:`LabelsPending`, and the run stops with a message saying which file to fill in;
-  ``asvp-fast run CONFIG --resume`` continues from there.
+  ``asvp-fast run CONFIG --resume`` continues from there. The answers are untrusted input: an
+  unreadable file, a row that is not in the batch, a row given twice with different labels or an
+  unknown label is an :class:`OracleError` naming the file, line, row and value.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 
 from ..storage.files import atomic_write_text
+
+_NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII digits only (int() also takes '²'-like digits, '1_0', ' 1')
 
 
 class LabelsPending(Exception):
@@ -79,35 +84,50 @@ class FileOracle:
         atomic_write_text(path, buf.getvalue())
 
     def _read(self, path: Path, rows: np.ndarray) -> "np.ndarray | None":
-        """The labels in ``rows`` order, or None while some are still empty."""
+        """The labels in ``rows`` order, or None while some are still empty. The file is untrusted
+        input: anything unusable is an :class:`OracleError` naming the file, line, row and value."""
         try:
-            with open(path, newline="", encoding="utf-8") as f:
-                records: List[Dict[str, str]] = list(csv.DictReader(f))
+            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets save a BOM
+                reader = csv.reader(f)
+                header = next(reader, None)
+                lines = [(reader.line_num, rec) for rec in reader]
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise OracleError(f"cannot read the answer file {path}: {exc}") from exc
-        if records and not {"index", "label"} <= set(records[0]):
-            raise OracleError(f"{path} must have the columns 'index' and 'label'")
-        found: Dict[int, str] = {}
-        for line, rec in enumerate(records, start=2):
-            try:
-                index = int(rec["index"])
-            except (TypeError, ValueError):
-                raise OracleError(f"{path} line {line}: index {rec.get('index')!r} is not a number") from None
-            found[index] = (rec.get("label") or "").strip()
+        columns = [c.strip().lower() for c in header or []]
+        if "index" not in columns or "label" not in columns:
+            raise OracleError(f"{path} must start with a header line naming the columns 'index' and 'label', "
+                              f"got {(header or [])[:5]}")
+        at_index, at_label = columns.index("index"), columns.index("label")
+        wanted = {int(r) for r in rows}
+        found: Dict[int, Tuple[int, str]] = {}
+        for line, rec in lines:
+            if not any(cell.strip() for cell in rec):
+                continue  # blank lines
+            cell = rec[at_index].strip() if at_index < len(rec) else ""
+            if not _NUMBER.fullmatch(cell):
+                raise OracleError(f"{path} line {line}: index {cell[:40]!r} is not a row number")
+            index = int(cell)
+            if index not in wanted:
+                raise OracleError(f"{path} line {line}: row {index} is not part of this batch (was the file replaced?)")
+            label = rec[at_label].strip() if at_label < len(rec) else ""
+            if index in found and found[index][1] != label:
+                raise OracleError(f"{path} line {line}: row {index} appears again, with label {label[:40]!r} "
+                                  f"after {found[index][1][:40]!r} on line {found[index][0]}")
+            found[index] = (line, label)
         missing = [int(r) for r in rows if int(r) not in found]
         if missing:
             raise OracleError(f"{path} lacks rows {missing[:5]}{'...' if len(missing) > 5 else ''} of the batch")
-        if any(found[int(r)] == "" for r in rows):
+        if any(found[int(r)][1] == "" for r in rows):
             return None
-        return np.array([self._label(found[int(r)], path, int(r)) for r in rows], dtype=np.int64)
+        return np.array([self._label(found[int(r)][1], path, int(r), found[int(r)][0]) for r in rows], dtype=np.int64)
 
-    def _label(self, text: str, path: Path, index: int) -> int:
+    def _label(self, text: str, path: Path, index: int, line: int) -> int:
         key = text.lower()
         if key in self.by_name:
             return self.by_name[key]
-        if key.lstrip("-").isdigit() and 0 <= int(key) < len(self.class_names):
+        if _NUMBER.fullmatch(key) and int(key) < len(self.class_names):
             return int(key)
         raise OracleError(
-            f"{path}: row {index} has label {text!r}, which is neither a class name nor a number below "
+            f"{path} line {line}: row {index} has label {text[:60]!r}, which is neither a class name nor a number below "
             f"{len(self.class_names)} (classes: {', '.join(self.class_names[:10])}{'...' if len(self.class_names) > 10 else ''})"
         )

@@ -4,8 +4,14 @@
 (pre-trained features), ``state.json`` after every step (labels bought, rounds, accuracies,
 timings), ``labels/`` (CSV batches of the file oracle), and at the end ``results.md`` with the
 PNG plots. With ``resume=True`` it continues from the state file: rounds already done are kept,
-labels already bought are never asked for again, and because every random choice is seeded from
-the config's seed and the round, the result equals that of an uninterrupted run.
+labels already bought are never asked for again, a round whose selection is saved but whose
+labels are not in yet asks for exactly the saved rows (the selection is never recomputed), and
+because every random choice is seeded from the config's seed and the round, the result equals
+that of an uninterrupted run.
+
+A round is saved three times (see :mod:`.state`): ``"selected"`` (rows, info, timings) before
+the oracle is asked, ``"labelled"`` once it answered, ``"done"`` once trained and evaluated.
+Oracles come from :data:`ORACLES`, keyed by ``config.oracle.kind``.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Dict, Optional, Protocol
 
 import numpy as np
 
@@ -25,10 +31,48 @@ from ..storage.files import atomic_write_text
 from .config import ConfigError, RunConfig, check_budget
 from ..cases.case import Case
 from .context import RunContext, build_case
-from .oracle import FileOracle, SimulatedOracle
+from .oracle import FileOracle, OracleError, SimulatedOracle
+from .labelstudio import LabelStudioOracle
 from .state import RoundRecord, RunState, StateError, config_differences
 
 log = logging.getLogger("asvp_fast")
+
+
+class Oracle(Protocol):
+    """Where labels come from: ``query(rows, tag)`` returns one class number per row (pool order
+    of ``rows``) or raises :class:`~.oracle.LabelsPending` until a person has answered. ``tag``
+    names the batch (e.g. ``"svpp-round002"``), the same on every resume of that round."""
+
+    def query(self, rows: np.ndarray, tag: str) -> np.ndarray: ...
+
+
+def file_oracle(config: RunConfig, case: Case, run_dir: Path) -> Oracle:
+    return FileOracle(run_dir / config.oracle.dir, case.class_names, case.describe)
+
+
+def simulated_oracle(config: RunConfig, case: Case, run_dir: Path) -> Oracle:
+    if case.pool_labels is None:
+        raise ConfigError("oracle.kind = 'simulated' needs pool labels, and this data has none; use oracle.kind = 'file'")
+    return SimulatedOracle(case.pool_labels)
+
+
+# config.oracle.kind → factory(config, case, run_dir). Called in Runner.prepare, before any work:
+# a factory raises ConfigError for a setting it cannot serve.
+def label_studio_oracle(config: RunConfig, case: Case, run_dir: Path) -> Oracle:
+    return LabelStudioOracle(run_dir / config.oracle.dir, case.class_names, case.describe)
+
+
+ORACLES: Dict[str, Callable[[RunConfig, Case, Path], Oracle]] = {
+    "file": file_oracle, "simulated": simulated_oracle, "label-studio": label_studio_oracle,
+}
+
+
+def make_oracle(config: RunConfig, case: Case, run_dir: Path) -> Oracle:
+    try:
+        factory = ORACLES[config.oracle.kind]
+    except KeyError:
+        raise ConfigError(f"oracle.kind = {config.oracle.kind!r} has no oracle; known: {sorted(ORACLES)}") from None
+    return factory(config, case, run_dir)
 
 
 class Runner:
@@ -47,23 +91,18 @@ class Runner:
         cfg = self.config
         case = self.case if self.case is not None else build_case(cfg)
         check_budget(cfg, len(case.pool))  # type: ignore[arg-type]
-        if cfg.oracle.kind == "simulated" and case.pool_labels is None:
-            raise ConfigError("oracle.kind = 'simulated' needs pool labels, and this data has none; use oracle.kind = 'file'")
-        state = self._open_state()
+        self.oracle = make_oracle(cfg, case, self.run_dir)
+        state = self._open_state(case)
         ctx = RunContext(cfg, case, self.run_dir, state, self.progress)
         self.methods = [make_method(spec, ctx) for spec in cfg.methods]
-        if cfg.oracle.kind == "file":
-            self.oracle: Any = FileOracle(self.run_dir / cfg.oracle.dir, case.class_names, case.describe)
-        else:
-            self.oracle = SimulatedOracle(case.pool_labels)  # type: ignore[arg-type]
         return ctx
 
-    def _open_state(self) -> RunState:
+    def _open_state(self, case: Case) -> RunState:
         cfg_dict = self.config.digest_dict()
         if self.state_path.exists():
             if not self.resume:
                 raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume or choose another output directory")
-            state = RunState.load(self.state_path)
+            state = RunState.load(self.state_path, num_classes=case.num_classes, n_pool=len(case.pool))  # type: ignore[arg-type]
             changed = config_differences(state.config, cfg_dict)
             if changed:
                 raise StateError(f"the config changed since this run started ({', '.join(changed)}); "
@@ -99,10 +138,13 @@ class Runner:
             if r < len(mstate.rounds) and mstate.rounds[r].stage == "done":
                 continue
             if r == len(mstate.rounds):
-                self._acquire(method, r, target)
+                self._select(method, r, target)
+            if mstate.rounds[r].stage == "selected":
+                self._label(method, r)
             self._train_and_evaluate(method, r, last=r == len(budgets) - 1)
 
-    def _acquire(self, method: Method, r: int, target: int) -> None:
+    def _select(self, method: Method, r: int, target: int) -> None:
+        """Select round ``r``'s rows and save them (stage "selected") before anyone is asked."""
         state = self.ctx.state
         mstate = state.method(method.name)
         labelled = mstate.labelled()
@@ -112,19 +154,69 @@ class Runner:
         else:
             picked, info = method.select(r, labelled if method.nested else mstate.train_rows(r), target - len(labelled) if method.nested else target)
         select_s = time.perf_counter() - start if r > 0 else 0.0
+        picked = self._checked_selection(method, r, picked, info, labelled)
         if method.nested:
             new, train_rows = picked, None
         else:
             new = np.setdiff1d(picked, labelled)
             train_rows = [int(x) for x in picked]
-        unknown = np.array([x for x in new if int(x) not in state.labels], dtype=np.int64)
-        if unknown.size:
-            answers = self.oracle.query(unknown, f"{method.slug}-round{r:03d}")
-            state.labels.update({int(x): int(y) for x, y in zip(unknown, answers)})
         mstate.rounds.append(RoundRecord(round=r, n_labels=int(len(train_rows) if train_rows is not None else len(labelled) + len(new)),
-                                         new=[int(x) for x in new], train_rows=train_rows, select_s=round(select_s, 3), info=info))
+                                         new=[int(x) for x in new], train_rows=train_rows, stage="selected",
+                                         select_s=round(select_s, 3), info=info))
+        state.save(self.state_path)  # the choice is on disk before the oracle is asked: a resume reuses it
+
+    def _label(self, method: Method, r: int) -> None:
+        """Ask the oracle for the labels of round ``r``'s saved rows that are not known yet."""
+        state = self.ctx.state
+        rec = state.method(method.name).rounds[r]
+        unknown = np.array([x for x in rec.new if int(x) not in state.labels], dtype=np.int64)
+        if unknown.size:
+            tag = f"{method.slug}-round{r:03d}"
+            if hasattr(self.oracle, "set_hints"):  # the selector's top class and uncertainty, saved at selection
+                hints = (rec.info or {}).get("hints") or {}
+                self.oracle.set_hints({int(row): (int(c), float(u)) for row, (c, u) in hints.items()})
+            answers = self._checked_answers(self.oracle.query(unknown, tag), unknown, tag)
+            state.labels.update({int(x): int(y) for x, y in zip(unknown, answers)})
+        rec.stage = "labelled"
         state.save(self.state_path)  # labels bought are on disk before any training starts
-        self.echo(f"[{method.name}] round {r}: {mstate.rounds[-1].n_labels} labels (selection {select_s:.1f} s)")
+        self.echo(f"[{method.name}] round {r}: {rec.n_labels} labels (selection {rec.select_s:.1f} s)")
+
+    def _checked_selection(self, method: Method, r: int, picked: Any, info: Any, labelled: np.ndarray) -> np.ndarray:
+        """The method's rows as int64 after checking them (pool rows, no repeats, nothing bought
+        again by a nested method) and its info (a JSON object of finite values): a bad choice
+        must fail here, not make the saved state unreadable."""
+        where = f"method {method.name!r}, round {r}"
+        arr = np.asarray(picked)
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+            raise ValueError(f"{where}: the selection must be a 1-D array of row numbers, got {arr.dtype} shape {arr.shape}")
+        arr = arr.astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.ctx.n_pool):
+            raise ValueError(f"{where}: the selection holds rows outside the pool [0, {self.ctx.n_pool})")
+        if np.unique(arr).size != arr.size:
+            raise ValueError(f"{where}: the selection repeats rows")
+        if method.nested and np.isin(arr, labelled).any():
+            raise ValueError(f"{where}: the selection holds rows this method already bought")
+        if not isinstance(info, dict):
+            raise ValueError(f"{where}: the selection info must be a dict, got {type(info).__name__}")
+        try:
+            json.dumps(info, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: the selection info must be plain JSON with finite numbers ({exc})") from exc
+        return arr
+
+    def _checked_answers(self, answers: Any, rows: np.ndarray, tag: str) -> np.ndarray:
+        """One class number per asked row, each below the number of classes."""
+        arr = np.asarray(answers)
+        k = int(self.ctx.case.num_classes)
+        if arr.shape != rows.shape or (arr.size and arr.dtype.kind not in "iu"):
+            raise OracleError(f"the oracle answered batch {tag} with {arr.dtype} shape {arr.shape}; "
+                              f"expected {rows.size} class numbers")
+        bad = np.flatnonzero((arr < 0) | (arr >= k))
+        if bad.size:
+            i = int(bad[0])
+            raise OracleError(f"the oracle answered batch {tag}: row {int(rows[i])} has label {arr[i].item()!r}, "
+                              f"not a class number in [0, {k})")
+        return arr.astype(np.int64)
 
     def _train_and_evaluate(self, method: Method, r: int, *, last: bool) -> None:
         state = self.ctx.state

@@ -110,7 +110,9 @@ class ASVPMethod(SVPpMethod):
             version, feats = self.refresh_features(labelled, version)
             info.update(features_version=version, forced=bool(forced), refresh_s=round(time.perf_counter() - start, 3))
         start = time.perf_counter()
-        rows, _ = self.select_with_proxy(feats, round_, labelled, k)
+        rows, proxy_info = self.select_with_proxy(feats, round_, labelled, k)
+        if "hints" in proxy_info:
+            info["hints"] = proxy_info["hints"]
         info["proxy_s"] = round(time.perf_counter() - start, 3)
         return rows, info
 
@@ -129,12 +131,23 @@ class ASVPMethod(SVPpMethod):
         options = {"device": str(dev)} if dev.type == "cuda" else {}
         return int(steps), logme(moved, labels[order], **options)
 
+    def next_version(self, version: int) -> int:
+        """The cache version a refresh writes: one past every version the saved rounds of any
+        method use. It depends on the state only, so a refresh recomputed after a crash (before
+        its round was saved) writes the same version again, never a second one."""
+        used = [version]
+        for m in self.ctx.state.methods.values():
+            used += [int(r.info["features_version"]) for r in m.rounds if "features_version" in (r.info or {})]
+        return max(used) + 1
+
     def refresh_features(self, labelled: np.ndarray, version: int) -> Tuple[int, np.ndarray]:
         """Fine-tune on the labels so far and extract the pool into a new cache version."""
         ctx = self.ctx
         model = ctx.train(labelled, "ft")
-        cache = FeatureCache(ctx.run_dir / "cache")
-        version = max(cache.versions("pool") + [version]) + 1
+        # replace_stale: a version left by a crashed attempt is reused if its weights are
+        # bit-identical to this fine-tune's (weights_digest), else replaced, never orphaned.
+        cache = FeatureCache(ctx.run_dir / "cache", replace_stale=True)
+        version = self.next_version(version)
         feats = ctx.extract(cache, model.backbone, version=version,
                             backbone_id=f"{model.backbone.backbone_id}+ft@{len(labelled)}")
         return version, feats

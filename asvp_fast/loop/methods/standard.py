@@ -38,7 +38,9 @@ class StandardMethod(Method):
             self.model = ctx.train(labelled, self.training_mode())
             self.model_round = round_ - 1
             info["retrain_s"] = round(time.perf_counter() - start, 3)
-        cache = FeatureCache(ctx.work_dir / f"{self.slug}-features")
+        # Derived weights: a finished version left by an interrupted attempt with other weights
+        # is replaced; a partial one is resumed only by bit-identical weights (weights_digest).
+        cache = FeatureCache(ctx.work_dir / f"{self.slug}-features", replace_stale=True)
 
         def extract(backbone: Any) -> np.ndarray:
             feats = ctx.extract(cache, backbone, version=round_, backbone_id=f"{self.name}@round{round_ - 1}")
@@ -52,4 +54,6 @@ class StandardMethod(Method):
         info.update(timing)
         space = ctx.config.selection.space if ctx.pool_features_or_none is not None else "embedding"
         rows = select(ctx.config.selection.strategy, view, labelled, k, seed=self.strategy_seed(round_), space=space)
+        if ctx.config.oracle.kind == "label-studio":
+            info["hints"] = view.hints(rows)
         return rows, info

@@ -36,6 +36,8 @@ class SVPpMethod(Method):
                                                         seed=derive_seed(ctx.config.seed, "proxy", self.name, round_))
         rows = select(ctx.config.selection.strategy, view, labelled, k, seed=self.strategy_seed(round_),
                       space=ctx.config.selection.space)
+        if ctx.config.oracle.kind == "label-studio":  # annotators see the proxy's guess and can sort by doubt
+            info["hints"] = view.hints(rows)
         return rows, info
 
     def select(self, round_: int, labelled: np.ndarray, k: int) -> Tuple[np.ndarray, Dict[str, Any]]:

@@ -54,20 +54,22 @@ def _check_loss(loss: torch.Tensor, stage: str, epoch: int, lr_fields: str) -> N
 class TrainConfig:
     """Target-model training; defaults follow the paper's CIFAR settings scaled to short runs."""
 
-    mode: str = "ft"
-    epochs: int = 10
-    head_lr: float = 0.1
-    backbone_lr: float = 0.01
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    batch_size: int = 128
-    lp_epochs: int = 10
-    lp_lr: float = 0.5
-    eval_batch_size: int = 512
+    # metadata: the ranges a config is checked against (engine/schema.py); "machine": not part of
+    # the resume digest (a run may continue on another machine with other values)
+    mode: str = field(default="ft", metadata={"choices": lambda: TRAINERS, "what": "training mode"})
+    epochs: int = field(default=10, metadata={"ge": 0})
+    head_lr: float = field(default=0.1, metadata={"gt": 0})
+    backbone_lr: float = field(default=0.01, metadata={"ge": 0})  # 0: the backbone stays as pre-trained
+    weight_decay: float = field(default=0.0, metadata={"ge": 0})
+    momentum: float = field(default=0.9, metadata={"ge": 0, "lt": 1})
+    batch_size: int = field(default=128, metadata={"ge": 1})
+    lp_epochs: int = field(default=10, metadata={"ge": 0})
+    lp_lr: float = field(default=0.5, metadata={"gt": 0})
+    eval_batch_size: int = field(default=512, metadata={"ge": 1, "machine": True})
     amp: bool = True
     frozen: Tuple[str, ...] = field(default_factory=tuple)
-    num_workers: int = 0
-    device: str = "auto"
+    num_workers: int = field(default=0, metadata={"ge": 0, "le": 1024, "machine": True})
+    device: str = field(default="auto", metadata={"device": True, "machine": True})
 
     def __post_init__(self) -> None:
         if self.mode not in TRAINERS:

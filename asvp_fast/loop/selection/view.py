@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -35,3 +35,16 @@ class SelectorView:
         if self.logits is None:
             raise ValueError(f"strategy {strategy!r} needs class scores, and this selector provides none")
         return self.logits
+
+    def hints(self, rows: np.ndarray) -> Dict[str, List[float]]:
+        """For annotators: pool row → [top class, uncertainty in [0, 1]] of the selector, where the
+        uncertainty is 1 − (p₍₁₎ − p₍₂₎) of the softmax (1: a tie, 0: certain). Keys are strings, so
+        the mapping round-trips through the JSON run state. Empty without class scores."""
+        if self.logits is None or len(rows) == 0:
+            return {}
+        logits = np.asarray(self.logits[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        top2 = -np.sort(-p, axis=1)[:, :2] if p.shape[1] > 1 else np.concatenate([p, np.zeros_like(p)], axis=1)
+        uncertainty = 1.0 - (top2[:, 0] - top2[:, 1])
+        return {str(int(r)): [int(c), round(float(u), 6)] for r, c, u in zip(rows, p.argmax(axis=1), uncertainty)}

@@ -4,13 +4,16 @@ Layout under the cache root, per split (``pool``, ``test``) and version (0 = the
 backbone; ASVP writes 1, 2, ... when it refreshes features after fine-tuning)::
 
     pool.v0.float16.bin        N x dim rows, C order, native little-endian
-    pool.v0.manifest.json      backbone id, dataset id, N, dim, dtype, version, checksum
+    pool.v0.manifest.json      backbone id, dataset id, N, dim, dtype, version, checksum, weights
 
 Extraction writes ``*.bin.partial`` plus ``*.progress.json`` (rows done so far, flushed to disk
-first), so a crash or Ctrl-C resumes where it stopped; the finished file is renamed into place and
-its manifest written last, both atomically, so a manifest always describes a complete file.
-Loading checks the manifest against the file (size, checksum) and against what the caller
-expects (backbone, dataset, dim), and names the problem when they disagree.
+first), so a crash or Ctrl-C resumes where it stopped, if the backbone's weights are bit-identical
+(their :func:`weights_digest` is part of the progress record, whatever the backbone's name); the
+finished file is renamed into place and its manifest written last, both atomically, so a
+manifest always describes a complete file. The files are untrusted input: loading checks every
+manifest field (:func:`parse_manifest`), the file against the manifest (size, checksum: a
+manifest without one fails verification) and against what the caller expects (backbone,
+dataset, dim), and names the problem when they disagree, always as a :class:`CacheError`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -28,46 +32,25 @@ import numpy as np
 from ...core.progress import task_bar
 from ...core.devices import torch_device
 from ..models.backbones.base import Backbone
-from .files import atomic_write_text, file_checksum
+from .files import UnreadableJSON, atomic_write_text, file_checksum, read_json, remove_if_exists
+from .manifest import CACHE_FORMAT, DTYPES, REBUILD, CacheError, CacheManifest, parse_manifest, weights_digest
 
-CACHE_FORMAT = 1
-_DTYPES = {"float16": np.float16, "float32": np.float32}
-_CHECKSUM_BLOCK = 16 << 20
+__all__ = ["CACHE_FORMAT", "CacheError", "CacheManifest", "FeatureCache", "extraction_order", "parse_manifest",
+           "weights_digest"]
 
-
-class CacheError(RuntimeError):
-    """A feature cache file is missing, truncated, corrupt or built for something else."""
-
-
-@dataclass(frozen=True)
-class CacheManifest:
-    backbone_id: str
-    dataset_id: str
-    split: str
-    version: int
-    n: int
-    dim: int
-    dtype: str
-    checksum: str = ""
-    format: int = CACHE_FORMAT
-    created: float = 0.0
-    seconds: float = 0.0
-
-    def spec(self) -> Dict[str, Any]:
-        """The fields that identify what the file holds (everything but checksum and timings)."""
-        d = asdict(self)
-        for key in ("checksum", "created", "seconds"):
-            d.pop(key)
-        return d
+_DTYPES = DTYPES
+_REBUILD = REBUILD
+_MANIFEST_MAX_BYTES = 1 << 20
+_VERSION = re.compile(r"0|[1-9][0-9]{0,17}")  # ASCII digits only, no leading zeros
 
 
 def _read_json(path: Path, what: str) -> Dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CacheError(f"{what} {path} is unreadable or corrupt ({exc}); delete it to rebuild") from exc
+        data = read_json(path, max_bytes=_MANIFEST_MAX_BYTES)
+    except UnreadableJSON as exc:
+        raise CacheError(f"{what} {path} is unreadable or corrupt: it {exc}{_REBUILD}") from exc
     if not isinstance(data, dict):
-        raise CacheError(f"{what} {path} is corrupt (not a JSON object); delete it to rebuild")
+        raise CacheError(f"{what} {path} is corrupt (not a JSON object){_REBUILD}")
     return data
 
 
@@ -82,10 +65,17 @@ def extraction_order(n: int, lengths: Optional[np.ndarray]) -> np.ndarray:
 
 
 class FeatureCache:
-    """Versioned feature files of one dataset under ``root`` (see the module docstring)."""
+    """Versioned feature files of one dataset under ``root`` (see the module docstring).
 
-    def __init__(self, root: "os.PathLike[str] | str") -> None:
+    ``replace_stale``: for caches of derived weights (fine-tuned backbones), which the run
+    re-creates deterministically: a finished version that :meth:`extract` finds built from other
+    weights (or damaged) is a leftover of an interrupted attempt and is replaced, instead of
+    being an error as it is for the pre-trained cache (which only the user can judge).
+    """
+
+    def __init__(self, root: "os.PathLike[str] | str", *, replace_stale: bool = False) -> None:
         self.root = Path(root)
+        self.replace_stale = replace_stale
 
     # -- paths ---------------------------------------------------------------------------------
     def data_path(self, split: str, version: int, dtype: str) -> Path:
@@ -95,32 +85,33 @@ class FeatureCache:
         return self.root / f"{split}.v{version}.manifest.json"
 
     def versions(self, split: str) -> List[int]:
-        """Versions of ``split`` whose extraction has finished (a manifest exists)."""
+        """Versions of ``split`` whose extraction has finished (a manifest exists); files whose
+        version is not a plain ASCII number are ignored."""
         found = []
         for p in self.root.glob(f"{split}.v*.manifest.json"):
             middle = p.name[len(split) + 2 : -len(".manifest.json")]
-            if middle.isdigit():
+            if _VERSION.fullmatch(middle):
                 found.append(int(middle))
         return sorted(found)
 
     def has(self, split: str, version: int) -> bool:
         return self.manifest_path(split, version).exists()
 
+    def discard(self, split: str, version: int) -> None:
+        """Remove a version: its manifest first (a manifest must never describe a missing file),
+        then its data and any partial extraction of it."""
+        remove_if_exists(self.manifest_path(split, version))
+        for dtype in _DTYPES:
+            final = self.data_path(split, version, dtype)
+            for path in (final, final.with_name(final.name + ".partial"), final.with_name(final.name + ".progress.json")):
+                remove_if_exists(path)
+
     # -- loading -------------------------------------------------------------------------------
     def manifest(self, split: str, version: int) -> CacheManifest:
         path = self.manifest_path(split, version)
         if not path.exists():
             raise CacheError(f"no finished feature cache for {split!r} version {version} under {self.root}")
-        data = _read_json(path, "feature-cache manifest")
-        try:
-            manifest = CacheManifest(**data)
-        except TypeError as exc:
-            raise CacheError(f"feature-cache manifest {path} has unexpected fields ({exc}); delete it to rebuild") from exc
-        if manifest.format != CACHE_FORMAT:
-            raise CacheError(f"feature-cache manifest {path} has format {manifest.format}, this version reads {CACHE_FORMAT}")
-        if manifest.dtype not in _DTYPES:
-            raise CacheError(f"feature-cache manifest {path} names dtype {manifest.dtype!r}; expected float16 or float32")
-        return manifest
+        return parse_manifest(_read_json(path, "feature-cache manifest"), path, split, version)
 
     def load(
         self,
@@ -132,46 +123,84 @@ class FeatureCache:
         dataset_id: Optional[str] = None,
         n: Optional[int] = None,
         dim: Optional[int] = None,
+        weights: Optional[str] = None,
     ) -> np.memmap:
         """The features as a read-only memmap, after checking the manifest and the file.
 
-        ``verify`` recomputes the checksum (reads the whole file once); the size check always
-        runs. The keyword expectations, when given, must match the manifest.
+        ``verify`` recomputes the checksum (reads the whole file once; a manifest without a
+        checksum then fails); the size check always runs. The keyword expectations, when given,
+        must match the manifest (``weights``: only when the manifest records one).
         """
         m = self.manifest(split, version)
         for name, want, have in (("backbone", backbone_id, m.backbone_id), ("dataset", dataset_id, m.dataset_id),
-                                 ("row count", n, m.n), ("feature dim", dim, m.dim)):
+                                 ("row count", n, m.n), ("feature dim", dim, m.dim),
+                                 ("weights", weights if m.weights else None, m.weights)):
             if want is not None and want != have:
                 raise CacheError(
                     f"feature cache {self.manifest_path(split, version)} was built for {name} {have!r}, "
                     f"but {want!r} was asked for; use another cache directory or delete it to rebuild"
                 )
         path = self.data_path(split, version, m.dtype)
-        if not path.exists():
-            raise CacheError(f"feature cache file {path} is missing (its manifest exists); delete the manifest to rebuild")
         expected = m.n * m.dim * np.dtype(_DTYPES[m.dtype]).itemsize
-        size = path.stat().st_size
-        if size != expected:
-            raise CacheError(
-                f"feature cache file {path} is truncated or mismatched: {size} bytes, expected {expected} "
-                f"({m.n} x {m.dim} {m.dtype}); delete it and its manifest to rebuild"
-            )
-        if verify and m.checksum and file_checksum(path) != m.checksum:
-            raise CacheError(f"feature cache file {path} is corrupt: its checksum does not match the manifest; delete it to rebuild")
-        if m.n == 0:
-            return np.zeros((0, m.dim), dtype=_DTYPES[m.dtype])  # type: ignore[return-value]
-        return np.memmap(path, dtype=_DTYPES[m.dtype], mode="r", shape=(m.n, m.dim))
+        try:
+            if not path.is_file():
+                raise CacheError(f"feature cache file {path} is missing (its manifest exists); delete the manifest to rebuild")
+            size = path.stat().st_size
+            if size != expected:
+                raise CacheError(
+                    f"feature cache file {path} is truncated or mismatched: {size} bytes, expected {expected} "
+                    f"({m.n} x {m.dim} {m.dtype}); delete it and its manifest to rebuild"
+                )
+            if verify and not m.checksum:
+                raise CacheError(f"feature-cache manifest {self.manifest_path(split, version)}: checksum is missing or "
+                                 f"empty, so {path} cannot be verified{_REBUILD}")
+            if verify and file_checksum(path) != m.checksum:
+                raise CacheError(f"feature cache file {path} is corrupt: its checksum does not match the manifest{_REBUILD}")
+            if m.n == 0:
+                return np.zeros((0, m.dim), dtype=_DTYPES[m.dtype])  # type: ignore[return-value]
+            return np.memmap(path, dtype=_DTYPES[m.dtype], mode="r", shape=(m.n, m.dim))
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"feature cache file {path} cannot be read ({type(exc).__name__}: {exc}){_REBUILD}") from exc
 
     # -- writing -------------------------------------------------------------------------------
-    def write_array(self, split: str, version: int, features: np.ndarray, *, backbone_id: str, dataset_id: str,
-                    dtype: str = "float16") -> np.memmap:
-        """Store features computed elsewhere (e.g. chunk by chunk) as a finished cache entry."""
-        manifest = CacheManifest(backbone_id=backbone_id, dataset_id=dataset_id, split=split, version=version,
-                                 n=int(features.shape[0]), dim=int(features.shape[1]), dtype=_check_dtype(dtype))
+    def write_array(self, split: str, version: int, features: Any, *, backbone_id: str, dataset_id: str,
+                    dtype: str = "float16", weights: str = "") -> np.memmap:
+        """Store features computed elsewhere (e.g. chunk by chunk) as a finished cache entry.
+
+        Refuses what :meth:`extract` and :meth:`load` would refuse: anything but a 2-D array of
+        real numbers, NaN or infinite values, values beyond ``dtype``'s range (float16 would store
+        them as inf), and malformed names, with a :class:`CacheError` naming the first bad row.
+        """
+        if not isinstance(features, np.ndarray):
+            try:
+                features = np.asarray(features)
+            except (TypeError, ValueError) as exc:
+                raise CacheError(f"features for {split!r} must be a 2-D numeric array ({exc})") from exc
+        if features.ndim != 2:
+            raise CacheError(f"features for {split!r} must be a 2-D array (rows x dim), got shape {features.shape}")
+        if features.dtype.kind not in "fiu":
+            raise CacheError(f"features for {split!r} must be real numbers, got dtype {features.dtype}")
+        if features.shape[1] < 1:
+            raise CacheError(f"features for {split!r} have no columns (shape {features.shape})")
+        manifest = _new_manifest(backbone_id, dataset_id, split, version, int(features.shape[0]), int(features.shape[1]),
+                                 dtype, weights)
         writer = _PartialWriter(self, manifest, order_digest="array")
-        out = writer.open()
-        for start in range(0, manifest.n, 65536):
-            out[start : start + 65536] = features[start : start + 65536]
+        out = writer.open(resume=False)
+        step = max(1, (8 << 20) // (manifest.dim * 8))
+        try:
+            for start in range(0, manifest.n, step):
+                chunk = np.asarray(features[start : start + step])
+                if chunk.dtype.kind in "iu":
+                    chunk = chunk.astype(np.float64)
+                rows = np.arange(start, start + chunk.shape[0])
+                bad = ~np.isfinite(chunk).all(axis=1)
+                if bad.any():
+                    raise CacheError(f"features for {split!r}: row {int(rows[np.argmax(bad)])} has NaN or infinite values")
+                out[start : start + chunk.shape[0]] = _to_cache_dtype(chunk, out.dtype, rows, split, noun="row")
+        except BaseException:
+            del out
+            remove_if_exists(writer.partial)  # nothing half-written stays behind
+            raise
         return writer.finish(out, seconds=0.0)
 
     def extract(
@@ -196,17 +225,23 @@ class FeatureCache:
         """Features of every item of ``dataset`` (in dataset order), extracted once and cached.
 
         Returns the finished cache at once when it exists (after validating it); continues an
-        interrupted extraction of the same spec; starts over when the spec changed.
+        interrupted extraction of the same spec and the same weights (their :func:`weights_digest`);
+        starts over when either changed.
         """
         import torch
         from torch.utils.data import DataLoader, Subset
 
         n = len(dataset)
-        manifest = CacheManifest(backbone_id=backbone_id or backbone.backbone_id, dataset_id=dataset_id, split=split,
-                                 version=version, n=n, dim=int(backbone.feature_dim), dtype=_check_dtype(dtype))
+        manifest = _new_manifest(backbone_id or backbone.backbone_id, dataset_id, split, version, n,
+                                 int(backbone.feature_dim), dtype, weights_digest(backbone))
         if self.has(split, version):
-            return self.load(split, version, verify=verify, backbone_id=manifest.backbone_id,
-                             dataset_id=dataset_id, n=n, dim=manifest.dim)
+            expect = dict(backbone_id=manifest.backbone_id, dataset_id=dataset_id, n=n, dim=manifest.dim)
+            if not self.replace_stale:
+                return self.load(split, version, verify=verify, **expect)  # type: ignore[arg-type]
+            try:
+                return self.load(split, version, verify=verify, weights=manifest.weights or None, **expect)  # type: ignore[arg-type]
+            except CacheError:
+                self.discard(split, version)  # a leftover of an interrupted attempt with other weights
         order = extraction_order(n, lengths)
         writer = _PartialWriter(self, manifest, order_digest=_digest(order))
         out = writer.open()
@@ -246,6 +281,15 @@ class FeatureCache:
         return writer.finish(out, seconds=time.perf_counter() - started)
 
 
+def _new_manifest(backbone_id: Any, dataset_id: Any, split: Any, version: Any, n: int, dim: int, dtype: str,
+                  weights: str) -> CacheManifest:
+    """The manifest of a cache entry about to be written, checked as a reader would check it."""
+    m = CacheManifest(backbone_id=backbone_id, dataset_id=dataset_id, split=split, version=version, n=n, dim=dim,
+                      dtype=_check_dtype(dtype), weights=weights)
+    parse_manifest(asdict(m), f"for {split!r} version {version}", what="feature cache to write", hint="")
+    return m
+
+
 class _PartialWriter:
     """The ``.partial`` file of one extraction and its progress record."""
 
@@ -262,20 +306,34 @@ class _PartialWriter:
     def _spec(self) -> Dict[str, Any]:
         return {"manifest": self.manifest.spec(), "order": self.order_digest}
 
-    def open(self) -> np.memmap:
+    def _rows_resumable(self, nbytes: int) -> int:
+        """Rows already written by an interrupted extraction of exactly this spec (and weights),
+        else 0: any doubt about the progress record means starting over."""
+        try:
+            record = _read_json(self.progress, "extraction progress file")
+            done = record.get("rows_done")
+            if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= self.manifest.n:
+                return 0
+            if record.get("check") != self._check(done) or self.partial.stat().st_size != nbytes:
+                return 0  # another spec, other weights, or a damaged record
+            return done
+        except (CacheError, OSError):
+            return 0
+
+    def _check(self, rows_done: int) -> str:
+        """Seals the progress record: a damaged one (say, rows_done raised by a bit flip) does not
+        match it, so the extraction starts over instead of trusting rows never written."""
+        text = json.dumps({"spec": self._spec(), "rows_done": int(rows_done)}, sort_keys=True)
+        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+    def open(self, resume: bool = True) -> np.memmap:
         m = self.manifest
         self.cache.root.mkdir(parents=True, exist_ok=True)
         nbytes = m.n * m.dim * np.dtype(_DTYPES[m.dtype]).itemsize
-        resumable = self.partial.exists() and self.progress.exists()
-        if resumable:
-            try:
-                record = _read_json(self.progress, "extraction progress file")
-                resumable = record.get("spec") == self._spec() and self.partial.stat().st_size == nbytes
-                self.rows_done = int(record.get("rows_done", 0)) if resumable else 0
-            except CacheError:
-                resumable = False
-        if not resumable:
-            self.rows_done = 0
+        resumable = resume and self.partial.exists() and self.progress.exists()
+        self.rows_done = self._rows_resumable(nbytes) if resumable else 0
+        if self.rows_done == 0:
+            remove_if_exists(self.progress)
             with open(self.partial, "wb") as f:
                 f.truncate(nbytes)
         shape = (max(m.n, 1), m.dim) if m.n == 0 else (m.n, m.dim)
@@ -287,7 +345,8 @@ class _PartialWriter:
         """Flush the rows written so far, then record how many there are."""
         if isinstance(out, np.memmap):
             out.flush()
-        atomic_write_text(self.progress, json.dumps({"spec": self._spec(), "rows_done": int(rows_done)}))
+        atomic_write_text(self.progress, json.dumps({"spec": self._spec(), "rows_done": int(rows_done),
+                                                     "check": self._check(rows_done)}))
 
     def finish(self, out: np.ndarray, seconds: float) -> np.memmap:
         if isinstance(out, np.memmap):
@@ -300,13 +359,12 @@ class _PartialWriter:
         done = CacheManifest(**{**asdict(m), "checksum": file_checksum(self.final), "created": time.time(),
                                 "seconds": round(seconds, 3)})
         atomic_write_text(self.cache.manifest_path(m.split, m.version), json.dumps(asdict(done), indent=1))
-        if self.progress.exists():
-            self.progress.unlink()
+        remove_if_exists(self.progress)
         return self.cache.load(m.split, m.version, verify=False)
 
 
 def _check_dtype(dtype: str) -> str:
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise ValueError(f"cache dtype must be 'float16' or 'float32', got {dtype!r}")
     return dtype
 
@@ -324,15 +382,17 @@ def _check_finite(feats: Any, rows: np.ndarray, split: str) -> None:
         raise CacheError(f"the backbone produced NaN/Inf features for {split} item {first}")
 
 
-def _to_cache_dtype(feats: np.ndarray, dtype: np.dtype, rows: np.ndarray, split: str) -> np.ndarray:
-    """Cast to the cache's dtype, refusing values that float16 cannot hold (they would become inf)."""
-    if dtype == np.float16:
-        big = np.abs(feats).max(axis=1) > float(np.finfo(np.float16).max)
+def _to_cache_dtype(feats: np.ndarray, dtype: np.dtype, rows: np.ndarray, split: str, noun: str = "item") -> np.ndarray:
+    """Cast to the cache's dtype, refusing values that it cannot hold (they would become inf)."""
+    limit = float(np.finfo(dtype).max)
+    if feats.size:
+        big = np.abs(feats).max(axis=1) > limit
         if big.any():
             first = int(np.argmax(big))
+            advice = "use cache.dtype = 'float32' (or check the backbone)" if dtype == np.float16 else "rescale the features"
             raise CacheError(
-                f"{split} item {int(rows[first])} has features of magnitude {float(np.abs(feats[first]).max()):.3g}, "
-                f"beyond float16's range: use cache.dtype = 'float32' (or check the backbone)"
+                f"{split} {noun} {int(rows[first])} has features of magnitude {float(np.abs(feats[first]).max()):.3g}, "
+                f"beyond {np.dtype(dtype).name}'s range: {advice}"
             )
     return feats.astype(dtype, copy=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -51,3 +52,28 @@ def remove_if_exists(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+class UnreadableJSON(ValueError):
+    """A JSON file that cannot be read or parsed (the message says why, without the path)."""
+
+
+def read_json(path: Path, *, max_bytes: int = 1 << 30) -> object:
+    """The decoded JSON document in ``path``; any failure to read or parse it (missing file,
+    directory, unreadable bytes, bad UTF-8, invalid JSON, nesting too deep, an integer literal
+    too long, a file over ``max_bytes``) is an :class:`UnreadableJSON`."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise UnreadableJSON(f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})") from exc
+    if len(data) > max_bytes:
+        raise UnreadableJSON(f"is larger than {max_bytes} bytes")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UnreadableJSON(f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except RecursionError as exc:
+        raise UnreadableJSON("is nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, and integer literals beyond Python's digit limit
+        raise UnreadableJSON(f"is not valid JSON ({exc})") from exc

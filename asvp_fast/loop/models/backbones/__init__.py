@@ -11,6 +11,9 @@ preprocessing, so feature caches made with different settings never mix.
 * :class:`ResNet50`: a torchvision-compatible ResNet-50 (2048-d) for users' own checkpoints,
   written here so torchvision is not needed.
 * :class:`TinyMLPBackbone`: a small seeded MLP for fast synthetic tests.
+* :class:`HFEncoder`: any Hugging Face encoder from a local directory (mean or CLS pooling).
+* :class:`FeaturesBackbone`: precomputed embeddings passed through (a linear or MLP head on them).
+* :func:`module_backbone`: any ``torch.nn.Module`` (weights named by a hash of its state dict).
 
 Nothing here downloads: the pretrained weights come from installed packages or local files.
 """
@@ -21,17 +24,25 @@ from typing import Dict, Type
 
 from .base import DEMO_EXTRA, Backbone, require
 from .checkpoint import checkpoint_fingerprint, load_checkpoint
+from .features import FeaturesBackbone
+from .fingerprint import directory_fingerprint, file_fingerprint, files_fingerprint, weights_fingerprint
+from .hf import HFEncoder
 from .image import EfficientNetLite0, ResNet50
 from .text import MiniLM, TextCollate, load_minilm_tokenizer, minilm_model_dir
+from .module import ModuleBackbone, module_backbone
 from .tiny import TinyMLPBackbone
 
 BACKBONES: Dict[str, Type[Backbone]] = {
     "all-MiniLM-L6-v2": MiniLM,
     "efficientnet-lite0": EfficientNetLite0,
+    "features": FeaturesBackbone,
+    "hf-encoder": HFEncoder,
     "resnet50": ResNet50,
     "tiny-mlp": TinyMLPBackbone,
 }
 
 
-__all__ = ["BACKBONES", "DEMO_EXTRA", "Backbone", "EfficientNetLite0", "MiniLM", "ResNet50", "TextCollate", "TinyMLPBackbone",
-           "checkpoint_fingerprint", "load_checkpoint", "load_minilm_tokenizer", "minilm_model_dir", "require"]
+__all__ = ["BACKBONES", "DEMO_EXTRA", "Backbone", "EfficientNetLite0", "FeaturesBackbone", "HFEncoder", "MiniLM",
+           "ModuleBackbone", "ResNet50", "TextCollate", "TinyMLPBackbone", "checkpoint_fingerprint",
+           "directory_fingerprint", "file_fingerprint", "files_fingerprint", "load_checkpoint", "load_minilm_tokenizer",
+           "minilm_model_dir", "module_backbone", "require", "weights_fingerprint"]
