@@ -466,3 +466,43 @@ def test_fuzz_truncated_and_bit_flipped_exports(exported, data, minimal):
             damaged[at] ^= 1 << bit
     oracle.export_path(TAG).write_bytes(bytes(damaged))
     check_answer(oracle)
+
+
+def test_a_run_hands_batches_to_label_studio_and_continues_from_its_export(tmp_path):
+    """The runner end to end: tasks with the proxy's predictions, pending until an export arrives,
+    then the same run continues with the annotators' labels (here: the true ones)."""
+    from asvp_fast.loop import LabelsPending, parse_config, run
+    from asvp_fast.loop.cases.builtin import synthetic_case
+
+    raw = {"methods": ["svpp"], "data": {"case": "synthetic", "pool_size": 200, "test_size": 80},
+           "schedule": {"initial": 20, "steps": [{"until": 40, "step": 20}]}, "proxy": {"epochs": 5},
+           "training": {"epochs": 1, "batch_size": 32}, "oracle": {"kind": "label-studio", "dir": "ls"}}
+    cfg = parse_config(raw)
+    case = synthetic_case(pool_size=200, test_size=80, seed=0)
+    out = tmp_path / "run"
+    for _ in range(3):  # round 0 (random set), round 1 (the proxy's picks), then done
+        try:
+            run(cfg, out, resume=out.exists(), echo=lambda *a, **k: None, report=False)
+            break
+        except LabelsPending as pending:
+            tasks = json.loads(pending.path.read_text(encoding="utf-8"))
+            exported = []
+            for task in tasks:
+                row = task["data"]["row"]
+                answer = case.class_names[int(case.pool_labels[row])]
+                result = [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [answer]}}]
+                exported.append({"id": 1000 + task["id"], "data": task["data"],
+                                 "annotations": [{"id": 1, "result": result, "was_cancelled": False}]})
+            pending.export_path.write_text(json.dumps(exported), encoding="utf-8")
+    else:
+        pytest.fail("the run never finished")
+    state = json.loads((out / "state.json").read_text(encoding="utf-8"))
+    rounds = state["methods"]["svpp"]
+    assert [r["stage"] for r in rounds] == ["done", "done"] and len(rounds[1]["new"]) == 20
+    labels = dict(zip(state["labels"]["rows"], state["labels"]["values"]))
+    assert all(labels[r] == int(case.pool_labels[r]) for r in rounds[1]["new"])
+    # the proxy-selected batch carried the proxy's guess and doubt for each row
+    second = sorted((out / "ls").glob("svpp-round001*.tasks.json"))
+    assert second, sorted(p.name for p in (out / "ls").iterdir())
+    tasks = json.loads(second[0].read_text(encoding="utf-8"))
+    assert all(len(t["predictions"]) == 1 and 0.0 <= t["predictions"][0]["score"] <= 1.0 for t in tasks)
