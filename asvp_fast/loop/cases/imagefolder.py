@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..models.backbones import ResNet50
+from ..models.backbones import ResNet50, VisionBackbone
 from .case import Case
 from .datasets import IMAGE_EXTENSIONS, ImageFolderDataset, stack_collate
 from .registry import register_case, resolve
@@ -84,8 +84,10 @@ def imagefolder_case(
     test_size: Optional[int] = None,
     seed: int = 0,
     trust_checkpoint: bool = False,
+    architecture: Optional[str] = None,
 ) -> Case:
-    """Your own images in ``<dir>/<class>/<image>`` folders, with a ResNet-50 backbone.
+    """Your own images in ``<dir>/<class>/<image>`` folders, with a ResNet-50 backbone (or any
+    torchvision/timm ``architecture``, e.g. ``"torchvision:resnet18"``, ``"timm:vit_small_patch16_224"``).
 
     Parameters
     ----------
@@ -98,6 +100,9 @@ def imagefolder_case(
         ``None`` gives a random init (only useful for smoke tests).
     image_size
         Centre-crop side (224 for ImageNet-trained ResNets).
+    architecture
+        ``None``: our ResNet-50 (no extra package). ``"torchvision:NAME"`` / ``"timm:NAME"``: that
+        architecture with ``checkpoint``'s weights (see :func:`~asvp_fast.loop.models.backbones.vision_backbone`).
     resize
         Shorter side before the crop; default ``image_size * 256 // 224``, the ImageNet
         evaluation convention (256 then 224).
@@ -134,7 +139,9 @@ def imagefolder_case(
         test_labels=test_labels[test_rows],
         num_classes=len(classes),
         class_names=classes,
-        make_backbone=functools.partial(ResNet50, checkpoint, trust_checkpoint=trust_checkpoint),
+        make_backbone=(functools.partial(ResNet50, checkpoint, trust_checkpoint=trust_checkpoint) if architecture is None
+                       else functools.partial(VisionBackbone, architecture, checkpoint, image_size=image_size,
+                                              trust_checkpoint=trust_checkpoint)),
         collate=stack_collate,
         pool_labels=train_labels[pool_rows],
         describe=pool.describe,
@@ -155,13 +162,14 @@ class ImageFolderFields:
     pool_size: Optional[int] = None
     test_size: Optional[int] = None
     seed: int = 0
+    architecture: Optional[str] = field(default=None, metadata={"path": False})  # "torchvision:NAME" | "timm:NAME"
 
 
 def _build_imagefolder(f: ImageFolderFields, base_dir: Path) -> Case:
     checkpoint = resolve(base_dir, f.checkpoint)
     return imagefolder_case(str(resolve(base_dir, f.train_dir)), str(resolve(base_dir, f.test_dir)),
                             checkpoint=str(checkpoint) if checkpoint else None, image_size=f.image_size,
-                            pool_size=f.pool_size, test_size=f.test_size, seed=f.seed)
+                            pool_size=f.pool_size, test_size=f.test_size, seed=f.seed, architecture=f.architecture)
 
 
 register_case("imagefolder", ImageFolderFields, _build_imagefolder)

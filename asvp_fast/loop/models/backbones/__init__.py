@@ -14,6 +14,7 @@ preprocessing, so feature caches made with different settings never mix.
 * :class:`HFEncoder`: any Hugging Face encoder from a local directory (mean or CLS pooling).
 * :class:`FeaturesBackbone`: precomputed embeddings passed through (a linear or MLP head on them).
 * :func:`module_backbone`: any ``torch.nn.Module`` (weights named by a hash of its state dict).
+* :func:`vision_backbone`: a torchvision or timm architecture by name with a local checkpoint.
 
 Nothing here downloads: the pretrained weights come from installed packages or local files.
 """
@@ -31,6 +32,7 @@ from .image import EfficientNetLite0, ResNet50
 from .text import MiniLM, TextCollate, load_minilm_tokenizer, minilm_model_dir
 from .module import ModuleBackbone, module_backbone
 from .tiny import TinyMLPBackbone
+from .vision import VisionBackbone, vision_backbone
 
 BACKBONES: Dict[str, Type[Backbone]] = {
     "all-MiniLM-L6-v2": MiniLM,
@@ -42,7 +44,7 @@ BACKBONES: Dict[str, Type[Backbone]] = {
 }
 
 
-__all__ = ["BACKBONES", "DEMO_EXTRA", "Backbone", "EfficientNetLite0", "FeaturesBackbone", "HFEncoder", "MiniLM",
+__all__ = ["VisionBackbone", "vision_backbone", "BACKBONES", "DEMO_EXTRA", "Backbone", "EfficientNetLite0", "FeaturesBackbone", "HFEncoder", "MiniLM",
            "ModuleBackbone", "ResNet50", "TextCollate", "TinyMLPBackbone", "checkpoint_fingerprint",
            "directory_fingerprint", "file_fingerprint", "files_fingerprint", "load_checkpoint", "load_minilm_tokenizer",
            "minilm_model_dir", "module_backbone", "require", "weights_fingerprint"]

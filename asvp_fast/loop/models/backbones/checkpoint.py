@@ -59,12 +59,14 @@ def _short_list(names: Sequence[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def load_checkpoint(module: nn.Module, path: PathLike, *, weights_only: bool = True) -> None:
+def load_checkpoint(module: nn.Module, path: PathLike, *, weights_only: bool = True,
+                    ignore: Sequence[str] = _IGNORED, what: str = "torchvision-format ResNet-50") -> None:
     """Load a torchvision-format ResNet checkpoint into ``module`` (names must match exactly).
 
     Accepted layouts: a raw state dict, or a dict holding one under ``state_dict``, ``model``,
     ``online_backbone`` (BYOL-style) and similar keys. ``module.``, ``backbone.``, ``encoder.``
-    and ``model.`` prefixes are stripped, ``fc.*`` is ignored (features only), and BatchNorm
+    and ``model.`` prefixes are stripped, the classifier's keys (``ignore``: ``fc.*`` by default)
+    are dropped (features only), and BatchNorm
     ``num_batches_tracked`` counters may be absent (old checkpoints).
 
     Raises
@@ -88,13 +90,13 @@ def load_checkpoint(module: nn.Module, path: PathLike, *, weights_only: bool = T
     state = {}
     for name, tensor in source.items():
         clean = _strip_prefixes(name)
-        if not clean.startswith(_IGNORED):
+        if not clean.startswith(tuple(ignore)):
             state[clean] = tensor
-    _check_keys(module, state, path)
+    _check_keys(module, state, path, what)
     module.load_state_dict(state, strict=False)
 
 
-def _check_keys(module: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
+def _check_keys(module: nn.Module, state: Mapping[str, torch.Tensor], path: str, what: str) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
@@ -112,7 +114,7 @@ def _check_keys(module: nn.Module, state: Mapping[str, torch.Tensor], path: str)
         if mismatched:
             problems.append(f"shape mismatches (checkpoint vs model): {_short_list(mismatched)}")
         raise ValueError(
-            f"{path} is not a torchvision-format ResNet-50 checkpoint ({type(module).__name__}); "
+            f"{path} is not a {what} checkpoint ({type(module).__name__}); "
             + "; ".join(problems)
         )
 

@@ -39,7 +39,7 @@ def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking)
 
 
-def _check_images(images: torch.Tensor, channels: Sequence[int]) -> None:
+def check_images(images: torch.Tensor, channels: Sequence[int]) -> None:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in channels:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"expected an image batch (B, C, H, W) with C in {tuple(channels)}, got {shape}")
@@ -89,7 +89,7 @@ class EfficientNetLite0(Backbone):
         self.eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        _check_images(images, (1, 3))
+        check_images(images, (1, 3))
         x = images.float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
@@ -205,7 +205,7 @@ class ResNet50(Backbone):
                 nn.init.zeros_(module.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        _check_images(images, (3,))
+        check_images(images, (3,))
         x: torch.Tensor = (images.float() - self.mean) / self.std if images.dtype == torch.uint8 else images.float()
         x = self.maxpool(self.relu(self.bn1(self.conv1(x.contiguous(memory_format=torch.channels_last)))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
