@@ -2,7 +2,9 @@
 // Built in the bindings from numpy arrays or DLPack capsules; kernels never own memory.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 
 #include "dtypes.h"
 
@@ -23,5 +25,10 @@ struct ArrayView {
   int64_t cols() const { return ndim == 2 ? shape[1] : 1; }
   bool empty() const { return data == nullptr; }
 };
+
+// Device memory from the caller's framework (e.g. PyTorch's caching allocator, on the current
+// device and stream): returns `bytes` bytes that stay valid until the call returns. Empty: the
+// CUDA paths take stream-ordered memory from the device's pool instead.
+using DeviceAlloc = std::function<void*(size_t bytes)>;
 
 }  // namespace asvp

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <exception>
 #include <memory>
 #include <string>
 #include <vector>
@@ -202,10 +203,72 @@ std::function<bool(int64_t, int64_t)> progress_hook(const py::object& progress,
   };
 }
 
+// Scratch memory from the caller's framework: `workspace(nbytes)` returns a DLPack capsule of at
+// least that many bytes on the call's CUDA device (the Python layer passes PyTorch's caching
+// allocator for torch input). Called from the kernels' thread with the GIL taken back; the
+// capsule is kept until the call returns. A Python exception is re-raised by the caller.
+DeviceAlloc workspace_hook(const py::object& workspace, Keepalive& keep, int device,
+                           std::unique_ptr<py::error_already_set>& pending) {
+  if (workspace.is_none()) return {};
+  return [&workspace, &keep, device, &pending](size_t bytes) -> void* {
+    py::gil_scoped_acquire gil;
+    py::object capsule;
+    try {
+      capsule = workspace(bytes);
+    } catch (py::error_already_set& e) {
+      pending = std::make_unique<py::error_already_set>(std::move(e));
+      throw std::runtime_error("the workspace allocator failed");
+    }
+    const ArrayView v = to_view(capsule, "workspace", keep, true);
+    if (v.device != DeviceKind::CUDA || (device >= 0 && v.device_id != device))
+      throw std::invalid_argument("workspace must be memory on the call's CUDA device (cuda:" + std::to_string(device) + ")");
+    if (v.ndim != 1 || v.strides[0] != 1 || static_cast<size_t>(v.shape[0]) * dtype_size(v.dtype) < bytes)
+      throw std::invalid_argument("workspace must be a contiguous 1-D buffer of at least " + std::to_string(bytes) + " bytes");
+    return v.data;
+  };
+}
+
+// Runs `kernel` without the GIL. A Python exception raised by a callback (progress, workspace)
+// wins over the C++ error it caused; native errors propagate (std::invalid_argument: ValueError).
+template <class Kernel>
+void run_without_gil(const Kernel& kernel, std::unique_ptr<py::error_already_set>& pending) {
+  std::exception_ptr failure;
+  {
+    py::gil_scoped_release nogil;
+    try {
+      kernel();
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }
+  if (pending) throw *pending;
+  if (failure) std::rethrow_exception(failure);
+}
+
+// The device of a CUDA call: every CUDA operand's, which must be one, or the requested one.
+int check_one_device(std::initializer_list<std::pair<const ArrayView*, const char*>> operands, int requested) {
+  int device = -1;
+  std::string first;
+  for (const auto& [v, name] : operands) {
+    if (v->empty() || v->device != DeviceKind::CUDA) continue;
+    if (device < 0) {
+      device = v->device_id;
+      first = name;
+    } else {
+      require(v->device_id == device, std::string(name) + " is on cuda:" + std::to_string(v->device_id) + " but " + first +
+                                          " is on cuda:" + std::to_string(device) + "; they must be on the same device");
+    }
+  }
+  if (device >= 0 && requested >= 0)
+    require(requested == device, first + " is on cuda:" + std::to_string(device) + " but the call asked for cuda:" +
+                                     std::to_string(requested));
+  return device >= 0 ? device : requested;
+}
+
 void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool validate, const py::object& exclude_obj,
                      const py::object& scores_obj, const py::object& indices_obj, int64_t k, int64_t threads,
                      bool release_pages, int64_t chunk_bytes, bool use_cuda, uintptr_t stream,
-                     const py::object& progress) {
+                     const py::object& progress, const py::object& workspace, int cuda_device) {
   Keepalive keep;
   UncertaintyParams p;
   p.x = to_view(x_obj, "x", keep);
@@ -242,18 +305,22 @@ void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool v
 
   std::unique_ptr<py::error_already_set> pending;
   p.on_progress = progress_hook(progress, pending);
+  if (use_cuda) {
+    p.cuda_device = check_one_device({{&p.x, "x"}, {&p.exclude, "exclude mask"}, {&p.scores_out, "scores output"},
+                                      {&p.indices_out, "indices output"}},
+                                     cuda_device);
+    p.device_alloc = workspace_hook(workspace, keep, p.cuda_device, pending);
+  }
 
   RowError error;
-  {
-    py::gil_scoped_release nogil;
+  run_without_gil([&] {
 #if defined(ASVP_WITH_CUDA)
     if (use_cuda) uncertainty_cuda(p, error);
     else uncertainty_cpu(p, error);
 #else
     uncertainty_cpu(p, error);
 #endif
-  }
-  if (pending) throw *pending;
+  }, pending);
   error.tolerance = p.sum_tolerance;
   if (error.row >= 0) throw py::value_error(describe(error));
 }
@@ -299,7 +366,7 @@ py::dict run_diversity(int method, const py::object& features_obj, const py::obj
                        bool validate, const py::object& labeled_obj, const py::object& nearest_obj,
                        const py::object& exclude_obj, const py::object& picks_obj, const py::object& distances_obj,
                        int64_t k, uint64_t seed, int64_t threads, bool prune, bool use_cuda, uintptr_t stream,
-                       const py::object& progress) {
+                       const py::object& progress, const py::object& workspace, int cuda_device) {
   Keepalive keep;
   DiversityParams p;
   require(method >= 0 && method <= 2, "unknown diversity method");
@@ -327,6 +394,7 @@ py::dict run_diversity(int method, const py::object& features_obj, const py::obj
                                       std::to_string(N) + "; they must describe the same samples");
     require(p.scores.cols() >= 1, "x must have at least one class (column)");
     require(p.scores.device == p.features.device, "x and features must be on the same device");
+    check_one_device({{&p.features, "features"}, {&p.scores, "x"}}, -1);
   }
   const auto host_vector = [&](const ArrayView& v, int64_t length, DType dtype, const std::string& what) {
     if (v.empty()) return;
@@ -366,17 +434,19 @@ py::dict run_diversity(int method, const py::object& features_obj, const py::obj
   p.cuda_stream = stream;
   std::unique_ptr<py::error_already_set> pending;
   p.on_progress = progress_hook(progress, pending);
+  if (use_cuda) {
+    p.cuda_device = check_one_device({{&p.features, "features"}, {&p.scores, "x"}}, cuda_device);
+    p.device_alloc = workspace_hook(workspace, keep, p.cuda_device, pending);
+  }
   DiversityStats st;
-  {
-    py::gil_scoped_release nogil;
+  run_without_gil([&] {
 #if defined(ASVP_WITH_CUDA)
     if (use_cuda) diversity_cuda(p, st);
     else diversity_cpu(p, st);
 #else
     diversity_cpu(p, st);
 #endif
-  }
-  if (pending) throw *pending;
+  }, pending);
   if (st.bad_row >= 0) throw py::value_error(describe_diversity_error(st, p.sum_tolerance));
   require(!st.no_candidate, "a pick found no row left to pick");
   py::dict out;
@@ -398,6 +468,7 @@ py::dict build_info() {
   d["cuda_devices"] = cuda_device_count(&why);
   d["cuda_status"] = why;
   d["cuda_runtime_version"] = cuda_runtime_version();
+  d["cuda_driver_version"] = cuda_driver_version();
   d["openmp_threads"] = omp_get_max_threads();
   d["isa"] = std::string(isa_name(active_isa()));
   d["supported_isas"] = supported_isas();
@@ -415,74 +486,14 @@ int cuda_device_count(std::string* why) {
   return 0;
 }
 int cuda_runtime_version() { return 0; }
+int cuda_driver_version() { return 0; }
 #endif
 
 }  // namespace asvp
 
 namespace asvp {
+void register_test_hooks(py::module_& m);
 namespace {
-// Ranks float32 statistics with the GPU's selection algorithm run on the host (a test hook).
-py::array_t<int64_t> radix_select_scores(const py::array_t<float, py::array::c_style>& statistic, int kind,
-                                         const py::object& exclude, int64_t k) {
-  const int64_t n = statistic.size();
-  std::vector<uint32_t> keys(static_cast<size_t>(n));
-  const float* s = statistic.data();
-  const uint8_t* mask = nullptr;
-  py::array_t<uint8_t, py::array::c_style> mask_array;
-  if (!exclude.is_none()) {
-    mask_array = exclude.cast<py::array_t<uint8_t, py::array::c_style>>();
-    require(mask_array.size() == n, "exclude mask length differs from the statistic's");
-    mask = mask_array.data();
-  }
-  for (int64_t i = 0; i < n; ++i)
-    keys[static_cast<size_t>(i)] = (mask && mask[i]) ? 0u : orderable_bits(uncertainty_key(static_cast<Kind>(kind), s[i]));
-  const std::vector<int64_t> rows = radix_select_host(keys.data(), n, k);
-  py::array_t<int64_t> out(static_cast<py::ssize_t>(rows.size()));
-  std::copy(rows.begin(), rows.end(), out.mutable_data());
-  return out;
-}
-
-// The CUDA row kernel's arithmetic on the host: 32 lanes split each row round-robin, then merge
-// in the butterfly pattern of the warp shuffles (a test hook; float32 input).
-py::array_t<float> warp_emulated_scores(const py::array_t<float, py::array::c_style>& x, int kind, bool from_logits) {
-  require(x.ndim() == 2, "x must be 2-dimensional");
-  constexpr int kLanes = 32;
-  const int64_t n = x.shape(0), C = x.shape(1);
-  const Kind k = static_cast<Kind>(kind);
-  const bool entropy = k == Kind::Entropy;
-  py::array_t<float> out(static_cast<py::ssize_t>(n));
-  auto butterfly = [](RowStats<float>* lanes) {
-    for (int offset = kLanes / 2; offset > 0; offset /= 2) {
-      RowStats<float> next[kLanes];
-      for (int i = 0; i < kLanes; ++i) {
-        next[i] = lanes[i];
-        merge_row_stats(next[i], lanes[i ^ offset]);
-      }
-      std::copy(next, next + kLanes, lanes);
-    }
-  };
-  for (int64_t r = 0; r < n; ++r) {
-    const float* row = x.data() + r * C;
-    const auto load = [row](int64_t c) { return row[c]; };
-    RowStats<float> lanes[kLanes];
-    for (int lane = 0; lane < kLanes; ++lane) lanes[lane] = lane_pass1<float>(load, C, lane, kLanes, from_logits, entropy);
-    butterfly(lanes);
-    RowStats<float> s = lanes[0];
-    const RowProblem problem = from_logits ? check_logit_row(s) : check_probability_row(s, true, 1e-3f);
-    if (problem != RowProblem::None) throw py::value_error("row " + std::to_string(r) + " is invalid");
-    if (from_logits) {
-      for (int lane = 0; lane < kLanes; ++lane) lanes[lane] = lane_pass2<float>(load, C, lane, kLanes, s.max1, entropy);
-      butterfly(lanes);
-      s.sum = lanes[0].sum;
-      s.aux = lanes[0].aux;
-      out.mutable_data()[r] = statistic_from_logits(s, k);
-    } else {
-      out.mutable_data()[r] = statistic_from_probabilities(s, k);
-    }
-  }
-  return out;
-}
-
 double read_sum(const py::array_t<float, py::array::c_style>& a, int threads) {
   const float* data = a.data();
   const int64_t n = a.size();
@@ -497,19 +508,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &asvp::build_info, "Compile-time and run-time facts about the kernels.");
   m.def("read_sum", &asvp::read_sum, py::arg("a"), py::arg("threads") = 0,
         "Sum of a contiguous float32 array read by all threads (a memory read-bandwidth probe).");
-  m.def("radix_select_scores", &asvp::radix_select_scores, py::arg("statistic"), py::arg("kind"), py::arg("exclude"),
-        py::arg("k"), "The CUDA path's radix selection run on the host over float32 statistics (for tests).");
-  m.def("warp_emulated_scores", &asvp::warp_emulated_scores, py::arg("x"), py::arg("kind"), py::arg("from_logits"),
-        "The CUDA row kernel's arithmetic run on the host (for tests).");
+  asvp::register_test_hooks(m);
   m.def("set_isa", &asvp::set_active_isa, py::arg("name"), "Select the CPU kernel variant (base, avx2, avx512).");
   m.def("diversity", &asvp::run_diversity, py::arg("method"), py::arg("features"), py::arg("x"), py::arg("from_logits"),
         py::arg("validate"), py::arg("labeled"), py::arg("labeled_nearest"), py::arg("exclude"), py::arg("picks_out"),
         py::arg("distances_out"), py::arg("k"), py::arg("seed"), py::arg("threads"), py::arg("prune"),
-        py::arg("use_cuda"), py::arg("stream"), py::arg("progress") = py::none(),
+        py::arg("use_cuda"), py::arg("stream"), py::arg("progress") = py::none(), py::arg("workspace") = py::none(),
+        py::arg("cuda_device") = -1,
         "k-center greedy (0), k-means++ seeding (1) or BADGE (2). Picks are written in place; returns work counts.");
   m.def("uncertainty", &asvp::run_uncertainty, py::arg("x"), py::arg("kind"), py::arg("from_logits"),
         py::arg("validate"), py::arg("exclude"), py::arg("scores_out"), py::arg("indices_out"), py::arg("k"),
         py::arg("threads"), py::arg("release_pages"), py::arg("chunk_bytes"), py::arg("use_cuda"),
-        py::arg("stream"), py::arg("progress") = py::none(),
+        py::arg("stream"), py::arg("progress") = py::none(), py::arg("workspace") = py::none(),
+        py::arg("cuda_device") = -1,
         "Score every row and/or select the k most uncertain rows. Outputs are written in place.");
 }

@@ -12,4 +12,8 @@ int cuda_device_count(std::string* why);
 // CUDA runtime version the extension was compiled against (e.g. 13000), 0 without CUDA.
 int cuda_runtime_version();
 
+// CUDA version the installed driver supports (e.g. 12080), 0 without a driver or without CUDA. A
+// driver older than the runtime makes every device unusable (cuda_status then says so).
+int cuda_driver_version();
+
 }  // namespace asvp

@@ -36,6 +36,8 @@ struct DiversityParams {
   int threads = 0;        // <= 0: every available core
   bool prune = true;      // triangle-inequality skipping (results are identical either way)
   uintptr_t cuda_stream = 0;  // CUDA path: the caller's stream (0: the legacy default stream)
+  int cuda_device = -1;         // CUDA path with host input: the device to use (-1: the current one)
+  DeviceAlloc device_alloc;     // CUDA path: scratch from the caller's framework (empty: stream-ordered pool)
   // Called by the calling thread after each pick with (picks done, k); returning false cancels.
   std::function<bool(int64_t, int64_t)> on_progress;
 };

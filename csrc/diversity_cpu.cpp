@@ -370,7 +370,7 @@ class Badge {
 
 struct BlockAggregates {
   std::vector<uint64_t> farthest;  // k-center: max farthest_key in the block
-  std::vector<double> weight;      // D²: sum of d2_weight in the block (in row order)
+  std::vector<double> weight;      // D²: the block's weight (block_weight_of, diversity_math.h)
   std::vector<int64_t> candidates; // rows with r >= 0 in the block
 };
 
@@ -469,29 +469,16 @@ class Engine {
     return best ? farthest_row(best) : -1;
   }
 
-  // A D² draw with uniform u: row i with probability r_i / sum(r). When every candidate already
+  // A D² draw with uniform u: row i with probability r_i / sum(r), through the hierarchy of
+  // diversity_math.h (the GPU's choose kernel walks the same sums). When every candidate already
   // coincides with a centre (all weights 0), a uniform draw among the candidates instead.
   int64_t d2_sample(double u) const {
-    double total = 0.0;
-    for (double w : agg_.weight) total += w;
-    if (!(total > 0.0)) return nth_candidate(scale_to_count(u, candidate_count()));
-    const double target = u * total;
-    const auto weight_at = [this](int64_t i) { return d2_weight(r_[static_cast<size_t>(i)]); };
-    double before = 0.0;
-    int64_t last_block = -1;
-    for (int64_t b = 0; b < blocks_; ++b) {
-      const double w = agg_.weight[static_cast<size_t>(b)];
-      if (!(w > 0.0)) continue;
-      last_block = b;
-      if (before + w > target) {
-        const int64_t row = d2_pick_in_block(weight_at, b * kSampleBlock, std::min(n_, (b + 1) * kSampleBlock), before, target);
-        if (row >= 0) return row;
-      }
-      before += w;
-    }
-    // target fell past the last positive weight through rounding: take that weight's row.
-    return d2_pick_in_block(weight_at, last_block * kSampleBlock, std::min(n_, (last_block + 1) * kSampleBlock), 0.0,
-                            std::numeric_limits<double>::infinity());
+    const auto row_w = [this](int64_t i) { return d2_weight(r_[static_cast<size_t>(i)]); };
+    const auto block_w = [this](int64_t b) { return agg_.weight[static_cast<size_t>(b)]; };
+    const auto group_w = [&](int64_t g) { return group_weight(block_w, blocks_, g); };
+    const auto seg_w = [&](int64_t b, int s) { return segment_weight(row_w, n_, b, s); };
+    const int64_t row = d2_draw(u, n_, blocks_, group_w, block_w, seg_w, row_w);
+    return row >= 0 ? row : nth_candidate(scale_to_count(u, candidate_count()));
   }
 
   // Makes `row` a centre: it leaves the candidates and every other row's distance is updated.
@@ -582,17 +569,17 @@ class Engine {
 
   void aggregate(int64_t b) {
     uint64_t best = 0;
-    double weight = 0.0;
     int64_t count = 0;
     for (int64_t i = b * kSampleBlock; i < std::min(n_, (b + 1) * kSampleBlock); ++i) {
       const float r = r_[static_cast<size_t>(i)];
       best = std::max(best, farthest_key(r, i));
-      weight += d2_weight(r);
       count += r >= 0.0f;
     }
     agg_.farthest[static_cast<size_t>(b)] = best;
-    agg_.weight[static_cast<size_t>(b)] = weight;
     agg_.candidates[static_cast<size_t>(b)] = count;
+    if (p_.method == DiversityMethod::KCenter) return;  // k-center never samples
+    const auto row_w = [this](int64_t i) { return d2_weight(r_[static_cast<size_t>(i)]); };
+    agg_.weight[static_cast<size_t>(b)] = block_weight_of([&](int s) { return segment_weight(row_w, n_, b, s); });
   }
 
   void ensure_gap_cache() {

@@ -24,6 +24,8 @@ struct UncertaintyParams {
   bool release_pages = false;   // x is a shared file mapping: drop each chunk's pages once read
   int64_t chunk_bytes = int64_t(64) << 20;  // rows are streamed in chunks of about this many bytes
   uintptr_t cuda_stream = 0;    // CUDA path: the caller's stream (0: the legacy default stream)
+  int cuda_device = -1;         // CUDA path with host input: the device to use (-1: the current one)
+  DeviceAlloc device_alloc;     // CUDA path: scratch from the caller's framework (empty: stream-ordered pool)
   // Called by the calling thread after each chunk with (rows done, rows in total); returning
   // false cancels the scan (Ctrl-C, a progress bar's exception). May be empty.
   std::function<bool(int64_t, int64_t)> on_progress;

@@ -203,6 +203,33 @@ ASVP_HD RowStats<A> lane_pass2(const Load& load, int64_t C, int lane, int lanes,
   return s;
 }
 
+// The CUDA kernel's map (device_rows.cuh): the row is cut into chunks of `width` consecutive
+// columns (16 bytes of the stored type), and lane `lane` of `lanes` takes chunks lane,
+// lane + lanes, ... in order. One element after the other, exactly as the kernel pushes them.
+template <class A, class Load>
+ASVP_HD RowStats<A> chunked_pass1(const Load& load, int64_t C, int lane, int lanes, int width, bool from_logits,
+                                  bool want_entropy) {
+  RowStats<A> s = row_stats_identity<A>();
+  for (int64_t c0 = static_cast<int64_t>(lane) * width; c0 < C; c0 += static_cast<int64_t>(lanes) * width)
+    for (int64_t c = c0; c < c0 + width && c < C; ++c) {
+      if (from_logits) push_logit_pass1(s, load(c));
+      else push_probability(s, load(c), want_entropy);
+    }
+  return s;
+}
+
+template <class A, class Load>
+ASVP_HD RowStats<A> chunked_pass2(const Load& load, int64_t C, int lane, int lanes, int width, A row_max,
+                                  bool want_entropy) {
+  RowStats<A> s = row_stats_identity<A>();
+  for (int64_t c0 = static_cast<int64_t>(lane) * width; c0 < C; c0 += static_cast<int64_t>(lanes) * width)
+    for (int64_t c = c0; c < c0 + width && c < C; ++c) push_logit_pass2(s, load(c), row_max, want_entropy);
+  return s;
+}
+
+// Lanes per row on the GPU: 8 (four rows per warp) for rows of at most 16 chunks, else 32.
+ASVP_HD int uncertainty_lanes(int64_t C, int width) { return (C + width - 1) / width <= 16 ? 8 : 32; }
+
 // ---------------------------------------------------------------------------------------------
 // Validation and the statistic.
 

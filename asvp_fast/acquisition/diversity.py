@@ -19,6 +19,7 @@ from ..core.arrays import (
     Outputs,
     as_operand,
     check_float_matrix,
+    cuda_index,
     exclusion_mask,
     resolve_device,
 )
@@ -90,6 +91,10 @@ def _host_mask(exclude: Any, n: int, op: Operand) -> Tuple[Optional[np.ndarray],
     return exclusion_mask(exclude, n, host_op, of="features")
 
 
+def _where(op: Operand) -> str:
+    return str(op.torch_device) if op.on_cuda else "the host"
+
+
 def _badge_scores(x: Any, op: Operand, n: int) -> Operand:
     """BADGE's probabilities (or logits), checked against the features."""
     if x is None:
@@ -97,8 +102,9 @@ def _badge_scores(x: Any, op: Operand, n: int) -> Operand:
     x_op = as_operand(x, "x")
     if check_float_matrix(x_op)[0] != n:
         raise ValueError(f"x has {x_op.shape[0]} rows but features has {n}; they must describe the same samples")
-    if x_op.on_cuda != op.on_cuda:
-        raise ValueError("x and features must be on the same device")
+    if x_op.on_cuda != op.on_cuda or (op.on_cuda and x_op.torch_device != op.torch_device):
+        raise ValueError(f"x and features must be on the same device (x is on {_where(x_op)}, "
+                         f"features on {_where(op)})")
     return x_op
 
 
@@ -175,11 +181,13 @@ def diversity_select(
     nearest = nearest_labelled(features, lab, n_threads, nearest_backend, gpu=use_cuda) if lab.size else None
     x_nbytes = x_op.nbytes if x_op is not None else 0
     bar = row_progress(progress, (op.nbytes + x_nbytes) * k, k, _NAMES[method], unit="picks")
+    outputs = Outputs(op)
     try:
         work: Dict[str, Any] = _C.diversity(
             code, op.handle, None if x_op is None else x_op.handle, from_logits, validate,
             lab if lab.size else None, nearest, mask, picks, distances, k, seed64, n_threads, prune, use_cuda,
-            Outputs(op).cuda_stream(), bar)
+            outputs.cuda_stream(), bar, workspace=outputs.workspace() if use_cuda else None,
+            cuda_device=cuda_index(device))
     finally:
         if bar is not None:
             bar.close()

@@ -16,6 +16,7 @@ from ..core.arrays import (
     Outputs,
     as_operand,
     check_float_matrix,
+    cuda_index,
     exclusion_mask,
     resolve_device,
 )
@@ -39,6 +40,7 @@ class _Call:
     threads: int
     use_cuda: bool
     outputs: Outputs
+    cuda_device: int = -1
 
     def run(self, *, from_logits: bool, validate: bool, mask: Any, scores_out: Any, indices_out: Any, k: int,
             progress: Optional[bool], description: str) -> None:
@@ -46,7 +48,8 @@ class _Call:
         try:
             _C.uncertainty(self.op.handle, self.kind_code, bool(from_logits), bool(validate), mask, scores_out,
                            indices_out, k, self.threads, self.op.release_pages, _CHUNK_BYTES, self.use_cuda,
-                           self.outputs.cuda_stream(), bar)
+                           self.outputs.cuda_stream(), bar, workspace=self.outputs.workspace(),
+                           cuda_device=self.cuda_device)
         finally:
             if bar is not None:
                 bar.close()
@@ -58,7 +61,8 @@ def _prepare(x: Any, kind: str, threads: Optional[int], device: str) -> _Call:
     n, c = check_float_matrix(op)
     if kind == "margin" and c < 2:
         raise ValueError(f"margin needs at least 2 classes, x has {c}")
-    return _Call(op, n, _KINDS[kind], parse_threads(threads), resolve_device(device, op), Outputs(op))
+    return _Call(op, n, _KINDS[kind], parse_threads(threads), resolve_device(device, op), Outputs(op),
+                 cuda_index(device))
 
 
 def scores(

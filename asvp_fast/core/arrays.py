@@ -8,13 +8,13 @@ accepts. Outputs follow the input: numpy in, numpy out; torch in, torch out on t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
 from .. import _C
 from .checks import is_torch_tensor, parse_rows, rows_to_mask
-from .devices import kernel_uses_cuda
+from .devices import kernel_uses_cuda, requested_cuda_index
 
 _SHARED_MMAP_MODES = ("r", "r+", "readonly", "readwrite")
 
@@ -87,6 +87,12 @@ def resolve_device(device: Any, op: Operand, what: str = "x") -> bool:
                             input_index=index, what=what)
 
 
+def cuda_index(device: Any) -> int:
+    """The GPU the compiled module should use for a NumPy/memmap input (-1: the current one); a
+    CUDA tensor always runs on its own GPU (the module checks every operand's device)."""
+    return requested_cuda_index(device)
+
+
 def exclusion_mask(exclude: Any, n: int, op: Operand, name: str = "exclude", of: str = "x") -> Tuple[Any, int]:
     """Turns ``exclude`` (bool mask or index array) into a uint8 mask handle for the kernels.
 
@@ -125,6 +131,23 @@ class Outputs:
             return t, torch.utils.dlpack.to_dlpack(t)
         a = np.empty(n, dtype=dtype)
         return a, a
+
+    def workspace(self) -> Optional[Callable[[int], Any]]:
+        """Scratch memory for the CUDA kernels through PyTorch's caching allocator (torch CUDA input):
+        the compiled module calls it with a byte count and gets a DLPack buffer on the input's GPU,
+        allocated on the current stream (the one the kernels use). None otherwise: the kernels then
+        take stream-ordered memory from the device's pool."""
+        if not self.op.on_cuda:
+            return None
+        import torch
+        import torch.utils.dlpack
+
+        device = self.op.torch_device
+
+        def allocate(nbytes: int) -> Any:
+            return torch.utils.dlpack.to_dlpack(torch.empty(int(nbytes), dtype=torch.uint8, device=device))
+
+        return allocate
 
     def cuda_stream(self) -> int:
         if self.op.on_cuda:

@@ -43,6 +43,12 @@ def kernel_uses_cuda(device: Any, *, on_cuda: bool, cuda_compiled: bool, cuda_de
     return True
 
 
+def requested_cuda_index(device: Any) -> int:
+    """N of ``device="cuda:N"``; -1 for any other spelling (the input's own GPU, or the current one)."""
+    spec = parse_device(device)
+    return spec.index if spec.kind == "cuda" and spec.index is not None else -1
+
+
 def torch_device(device: Any = "auto", *, like: Any = None) -> Any:
     """The ``torch.device`` for ``device`` (imports torch).
 
