@@ -15,7 +15,12 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
     ) from exc
 
 from . import metrics
+from .acquisition.bald import bald
+from .acquisition.batchbald import batchbald
+from .acquisition.cluster_margin import cluster_margin
 from .acquisition.diversity import badge, kcenter_greedy, kmeans_pp
+from .acquisition.probcover import probcover
+from .acquisition.typiclust import typiclust
 from .acquisition.uncertainty import scores, select_uncertain
 from .core.backends import backends
 from .transfer.logme import logme
@@ -41,4 +46,5 @@ def __dir__() -> list:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["__version__", "backends", "metrics", "badge", "kcenter_greedy", "kmeans_pp", "logme", "ped", "scores", "select_uncertain"]
+__all__ = ["__version__", "backends", "metrics", "badge", "bald", "batchbald", "cluster_margin", "kcenter_greedy", "kmeans_pp",
+           "logme", "ped", "probcover", "scores", "select_uncertain", "typiclust"]

@@ -3,7 +3,9 @@
 Suites (``--suite``): uncertainty (``af.select_uncertain`` against NumPy-sort and torch.topk
 styles, see uncertainty.py), diversity (k-center greedy and BADGE against the references in
 diversity_refs.py, see diversity.py), scale (the 1.28M-sample memmap runs of k-center and
-BADGE), transfer (``af.logme`` and ``af.ped`` against transfer_refs.py, see transfer.py).
+BADGE), transfer (``af.logme`` and ``af.ped`` against transfer_refs.py, see transfer.py),
+strategies (BALD, BatchBALD, TypiClust, ProbCover, Cluster-Margin against library-style
+references, see strategies.py).
 Each suite reports its results as a Markdown table; ``--output`` writes them into a results
 file, keeping the other suites' sections and the hand-written notes.
 
@@ -35,7 +37,8 @@ UNCERTAINTY_HEADING = "## Uncertainty selection"
 DIVERSITY_HEADING = "## Diversity selection"
 SCALE_HEADING = "## Diversity at scale"
 TRANSFER_HEADING = "## Transferability: LogME and PED"
-_SUITE_ORDER = (UNCERTAINTY_HEADING, DIVERSITY_HEADING, SCALE_HEADING, TRANSFER_HEADING)
+STRATEGIES_HEADING = "## More strategies: BALD, BatchBALD, TypiClust, ProbCover, Cluster-Margin"
+_SUITE_ORDER = (UNCERTAINTY_HEADING, DIVERSITY_HEADING, SCALE_HEADING, TRANSFER_HEADING, STRATEGIES_HEADING)
 
 
 def _kept_notes(path: str) -> str:
@@ -89,8 +92,10 @@ def _log(line: str) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="asvp-fast bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=("all", "uncertainty", "diversity", "scale", "transfer"), default="all",
-                        help="which kernels to benchmark: all = uncertainty + diversity + transfer (LogME, PED); scale = the "
+    parser.add_argument("--suite", choices=("all", "uncertainty", "diversity", "scale", "transfer", "strategies"),
+                        default="all",
+                        help="which kernels to benchmark: all = uncertainty + diversity + transfer (LogME, PED) + "
+                             "strategies (BALD, BatchBALD, TypiClust, ProbCover, Cluster-Margin); scale = the "
                              "1.28M-sample float16 memmap runs of k-center and BADGE (k=10,000; about an "
                              "hour on 2 cores)")
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds, for a smoke test)")
@@ -159,6 +164,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"\n{TRANSFER_HEADING}\n\nCommand: `{command}`\n\nMachine: {summary}; float64 GEMM probe "
             f"{probe:.0f} GFLOP/s.\n\n{transfer.__doc__.split(chr(10), 2)[2].strip()}\n\n"
             "Single runs; peak memory is what tracemalloc saw NumPy allocate (the input excluded).\n\n" + table + "\n")
+    if args.suite in ("all", "strategies"):
+        import strategies
+
+        table = strategies.run_suite(quick=args.quick, threads=args.threads, log=_log)
+        print("\n" + table)
+        updated[STRATEGIES_HEADING] = (
+            f"\n{STRATEGIES_HEADING}\n\nCommand: `{command}`\n\nMachine: {summary}.\n\n"
+            f"{strategies.__doc__.split(chr(10), 2)[2].strip()}\n\n" + table + "\n")
     if args.output:
         write_results(args.output, summary, updated)
         print(f"\nwritten to {args.output}")

@@ -33,6 +33,7 @@ def _inputs() -> Dict[str, np.ndarray]:
         "probs": rng.dirichlet(np.ones(C), N).astype(np.float32),
         "features": rng.standard_normal((N, D)).astype(np.float32),
         "labels": np.arange(N) % 3,
+        "mc": rng.dirichlet(np.ones(C), (4, N)).astype(np.float32),  # (T, N, C) MC-dropout samples
     }
 
 
@@ -75,6 +76,16 @@ CASES = [
          _diversity_outputs, rows_argument="labeled"),
     Case("activeft_select", lambda a, **o: activeft_select(a["features"], 5, iterations=3, **o), _indices,
          rows_argument="labeled", on_gpu_via="torch"),
+    Case("bald", lambda a, **o: af.bald(a["mc"], 5, **o), _indices, rows_argument="exclude", on_gpu_via="torch",
+         tensors=("mc",)),
+    Case("batchbald", lambda a, **o: af.batchbald(a["mc"], 4, seed=1, **o), _indices, rows_argument="exclude",
+         on_gpu_via="torch", tensors=("mc",)),
+    Case("typiclust", lambda a, **o: af.typiclust(a["features"], 5, seed=1, **o), _indices, rows_argument="labeled",
+         on_gpu_via="torch", tensors=("features",)),
+    Case("probcover", lambda a, **o: af.probcover(a["features"], 5, seed=1, **o), _indices, rows_argument="labeled",
+         on_gpu_via="torch", tensors=("features",)),
+    Case("cluster_margin", lambda a, **o: af.cluster_margin(a["probs"], a["features"], 5, seed=1, **o), _indices,
+         rows_argument="exclude", on_gpu_via="torch"),
     Case("logme", lambda a, **o: af.logme(a["features"], a["labels"], **o), lambda r: [("scalar", r)],
          on_gpu_via="torch", tensors=("features",)),
     Case("ped", lambda a, **o: af.ped(a["features"], a["labels"], steps=3, **o), _ped_outputs,

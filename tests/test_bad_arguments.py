@@ -268,3 +268,89 @@ def test_activeft_select(data):
                         "batch_size": st.one_of(NUMBERS, st.integers(1, 20)), "seed": NUMBERS, **COMMON})
     outcome(lambda: activeft_select(**kwargs),
             lambda p: check_indices(p, kwargs["features"], kwargs["k"], kwargs.get("labeled")))
+
+
+# --- the strategies of issue 17 (BALD, BatchBALD, TypiClust, ProbCover, Cluster-Margin) -----------------
+
+MC = RNG.dirichlet(np.ones(4), (3, N_ROWS)).astype(np.float32)  # (T, N, C) MC-dropout samples
+
+
+@st.composite
+def mc_arrays(draw: Any) -> Any:
+    """(T, N, C) sample arrays of any supported dtype and layout, sometimes with T < 2, empty or special."""
+    t, n, c = draw(st.integers(0, 4)), draw(st.integers(0, 12)), draw(st.integers(0, 4))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if c > 0 and draw(st.booleans()):
+        a = rng.dirichlet(np.ones(c), (t, n))
+    else:
+        a = rng.standard_normal((t, n, c)) * draw(st.sampled_from([1e-30, 1.0, 1e30]))
+    if a.size and draw(st.booleans()):
+        a[rng.integers(t), rng.integers(n), rng.integers(c)] = draw(st.sampled_from(SPECIALS))
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = a.astype(draw(st.sampled_from(FLOAT_DTYPES)))
+    layout = draw(st.sampled_from(["c", "strided", "torch"]))
+    if layout == "strided":
+        return np.repeat(a, 2, axis=2)[:, :, ::2]
+    if layout == "torch" and a.dtype != ml_dtypes.bfloat16:
+        return torch.from_numpy(np.ascontiguousarray(a))
+    return a
+
+
+@SETTINGS
+@given(data=st.data())
+def test_bald(data):
+    kwargs = sometimes(data, {"x": MC, "k": 3, "threads": 1},
+                       {"x": st.one_of(mc_arrays(), BAD_ARRAYS), "k": NUMBERS, "from_logits": FLAGS,
+                        "validate": FLAGS, "exclude": row_arguments(), **COMMON})
+    outcome(lambda: af.bald(**kwargs),
+            lambda p: check_indices(p, kwargs["x"][0], kwargs["k"], kwargs.get("exclude")))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_batchbald(data):
+    kwargs = sometimes(data, {"x": MC, "k": 3, "threads": 1, "exact_configs": 4, "samples": 8},
+                       {"x": st.one_of(mc_arrays(), BAD_ARRAYS), "k": NUMBERS, "from_logits": FLAGS,
+                        "validate": FLAGS, "exclude": row_arguments(), "seed": NUMBERS,
+                        "candidates": st.one_of(st.none(), NUMBERS), "exact_configs": st.one_of(NUMBERS, st.integers(1, 9)),
+                        "samples": st.one_of(NUMBERS, st.integers(1, 9)), **COMMON})
+    outcome(lambda: af.batchbald(**kwargs),
+            lambda p: check_indices(p, kwargs["x"][0], kwargs["k"], kwargs.get("exclude")))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_typiclust(data):
+    kwargs = sometimes(data, {"features": FEATURES, "k": 3, "threads": 1},
+                       {"features": st.one_of(float_matrices(), BAD_ARRAYS), "k": NUMBERS, "labeled": row_arguments(),
+                        "seed": NUMBERS, "neighbours": st.one_of(NUMBERS, st.integers(1, 5)),
+                        "max_clusters": st.one_of(st.none(), NUMBERS), "min_cluster_size": NUMBERS, **COMMON})
+    outcome(lambda: af.typiclust(**kwargs),
+            lambda p: check_indices(p, kwargs["features"], kwargs["k"], kwargs.get("labeled")))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_probcover(data):
+    reals = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0, -1, 1e-300, 1e300, 10**400]),
+                      st.booleans(), st.text(max_size=2), st.just([0.5]))
+    kwargs = sometimes(data, {"features": FEATURES, "k": 3, "threads": 1},
+                       {"features": st.one_of(float_matrices(), BAD_ARRAYS), "k": NUMBERS, "labeled": row_arguments(),
+                        "seed": NUMBERS, "delta": st.one_of(st.none(), reals), "purity": reals,
+                        "pseudo_classes": st.one_of(NUMBERS, st.integers(1, 5)),
+                        "max_edges": st.one_of(NUMBERS, st.integers(1, 50)), **COMMON})
+    outcome(lambda: af.probcover(**kwargs),
+            lambda p: check_indices(p, kwargs["features"], kwargs["k"], kwargs.get("labeled")))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_cluster_margin(data):
+    kwargs = sometimes(data, {"x": PROBS, "features": FEATURES, "k": 3, "threads": 1},
+                       {"x": st.one_of(float_matrices("probs"), BAD_ARRAYS),
+                        "features": st.one_of(float_matrices(), BAD_ARRAYS), "k": NUMBERS,
+                        "from_logits": FLAGS, "validate": FLAGS, "exclude": row_arguments(), "seed": NUMBERS,
+                        "candidates": st.one_of(st.none(), NUMBERS), "clusters": st.one_of(st.none(), NUMBERS),
+                        "clustering": st.one_of(st.none(), BAD_ARRAYS, st.just(np.arange(N_ROWS) % 3)), **COMMON})
+    outcome(lambda: af.cluster_margin(**kwargs),
+            lambda p: check_indices(p, kwargs["x"], kwargs["k"], kwargs.get("exclude")))

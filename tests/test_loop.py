@@ -475,9 +475,10 @@ def test_proxy_architecture_and_determinism(rng):
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_every_strategy_returns_valid_new_rows(strategy, rng):
     n = 300
+    mc = rng.normal(size=(5, n, 4)).astype(np.float32)  # MC-dropout logits for bald/batchbald
     view = SelectorView(n, logits=rng.normal(size=(n, 4)).astype(np.float32),
                         embedding=rng.normal(size=(n, 6)).astype(np.float32),
-                        features=rng.normal(size=(n, 8)).astype(np.float16))
+                        features=rng.normal(size=(n, 8)).astype(np.float16), mc_logits=lambda: mc)
     labelled = rng.choice(n, 30, replace=False)
     for space in ("embedding", "features"):
         picks = select(strategy, view, labelled, 25, seed=2, space=space)

@@ -229,6 +229,9 @@ class RunConfig:
         for table in TABLES:
             for name in machine_fields(type(getattr(self, table))):
                 d[table].pop(name, None)
+            for f in dataclasses.fields(type(getattr(self, table))):  # fields added later, at their default
+                if f.metadata.get("omit_default") and d[table].get(f.name) == f.default:
+                    d[table].pop(f.name, None)
         if dataclasses.is_dataclass(self.data.fields):
             for name in machine_fields(type(self.data.fields)):
                 d["data"].pop(name, None)

@@ -17,6 +17,7 @@ from ..methods import derive_seed
 from ..models.backbones.base import Backbone
 from ..models.classifier import Classifier, accuracy, predict
 from ..models.trainers import train_classifier
+from ..selection.strategies import EMBEDDING_STRATEGIES
 from ..storage.cache import FeatureCache
 from .config import RunConfig
 from .state import RunState
@@ -60,7 +61,7 @@ class RunContext:
 
     @property
     def needs_embedding(self) -> bool:
-        return self.config.selection.strategy in ("coreset", "badge", "activeft")
+        return self.config.selection.strategy in EMBEDDING_STRATEGIES
 
     def extract(self, cache: FeatureCache, backbone: Backbone, *, version: int, backbone_id: Optional[str] = None) -> np.ndarray:
         c = self.config.cache

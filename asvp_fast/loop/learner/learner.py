@@ -27,13 +27,13 @@ from ..selection.strategies import STRATEGIES, select
 from ..selection.view import SelectorView
 from ..storage.files import remove_if_exists
 from .pool import FeaturePool, open_source
-from .state import (MAX_INFERRED_CLASSES, PROXY_FIELDS, LearnerState, LearnerStateError, Settings, read_state,
+from .state import (MAX_INFERRED_CLASSES, PROXY_FIELDS, PROXY_OPTIONAL, LearnerState, LearnerStateError, Settings, read_state,
                     settings_mismatch, state_body, state_path, write_state)
 
 # Strategies that need only the proxy's class scores (no hidden embedding is computed for them).
 SCORE_STRATEGIES = ("random", "margin", "entropy", "least_confidence")
 RUNTIME_OPTIONS = ("device", "inference_batch_size", "progress", "check_finite")
-OPTIONS = PROXY_FIELDS + ("space",) + RUNTIME_OPTIONS
+OPTIONS = PROXY_FIELDS + tuple(PROXY_OPTIONAL) + ("space",) + RUNTIME_OPTIONS
 HIDDEN_FILE = "proxy-hidden.f16"  # the proxy's hidden embedding, spilled here while a large pool is scored
 
 
@@ -46,7 +46,8 @@ class ActiveLearner:
     for torch input.
 
     ``strategy``: any registered query strategy (``margin``, ``entropy``, ``least_confidence``,
-    ``coreset`` (k-center greedy), ``badge``, ``activeft``, ``random``, or one added with
+    ``coreset`` (k-center greedy), ``badge``, ``activeft``, ``bald``/``batchbald`` (with
+    ``dropout > 0``), ``typiclust``, ``probcover``, ``cluster_margin``, ``random``, or one added with
     ``register_strategy``). While fewer than 2 rows are labelled, or all labels so far are one
     class, a query picks at random (the proxy cannot be trained yet).
 
@@ -59,7 +60,8 @@ class ActiveLearner:
     class numbers below 65536 and the proxy has ``max(label) + 1`` outputs.
 
     Options: the proxy's settings (``epochs``, ``lr``, ``momentum``, ``weight_decay``,
-    ``batch_size``, ``hidden``; defaults of :class:`ProxyConfig`), ``space`` (``"embedding"``: the
+    ``batch_size``, ``hidden``, and ``dropout``/``mc_samples`` for the MC dropout of ``bald`` and
+    ``batchbald``; defaults of :class:`ProxyConfig`), ``space`` (``"embedding"``: the
     proxy's hidden layer, or ``"features"``: the features given; for diversity strategies), and,
     not saved in the state (machine settings): ``device`` (``"auto"``: the tensor's device for
     torch input, else a GPU when torch sees one), ``inference_batch_size`` (rows scored at a time),
@@ -183,6 +185,7 @@ class ActiveLearner:
         finally:
             view = None  # drop a spilled memmap before its file goes
             remove_if_exists(spill)
+            remove_if_exists(spill.with_suffix(".mc.f32"))  # MC-dropout logits spilled beside it (bald, batchbald)
         return rows, {"batch": batch, "strategy": s.strategy, **info}
 
     # -- tell -----------------------------------------------------------------------------------
@@ -309,6 +312,10 @@ def _parse_settings(strategy: Any, seed: Any, num_classes: Any, options: Dict[st
         ("batch_size", parse_int(p["batch_size"], "batch_size", minimum=2, maximum=1 << 31)),
         ("hidden", None if p["hidden"] is None else parse_int(p["hidden"], "hidden", minimum=1, maximum=1 << 16)),
     )
+    dropout = _parse_real(options.get("dropout", 0.0), "dropout", upper_open=True, upper=1.0)
+    samples = parse_int(options.get("mc_samples", 20), "mc_samples", minimum=2, maximum=1 << 16)
+    proxy += tuple((name, value) for name, value in (("dropout", dropout), ("mc_samples", samples))
+                   if value != PROXY_OPTIONAL[name])
     runtime = _parse_runtime({k: options[k] for k in RUNTIME_OPTIONS if k in options})
     return Settings(strategy, seed, num_classes, space, proxy), runtime
 

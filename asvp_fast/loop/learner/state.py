@@ -37,6 +37,9 @@ FORMAT_VERSION = 1
 # The proxy settings that change results (the device and the inference chunk size do not belong here: a
 # state moves between machines).
 PROXY_FIELDS = ("epochs", "lr", "momentum", "weight_decay", "batch_size", "hidden")
+# MC dropout of the proxy (BALD, BatchBALD): saved only when not at these defaults, so states written
+# before these options existed read back unchanged.
+PROXY_OPTIONAL = {"dropout": 0.0, "mc_samples": 20}
 # Without num_classes, labels are class numbers below this (the proxy has max(label) + 1 outputs).
 MAX_INFERRED_CLASSES = 1 << 16
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -71,7 +74,7 @@ class Settings:
     seed: int
     num_classes: Optional[int]
     space: str
-    proxy: Tuple[Tuple[str, Any], ...]  # (field, value) in PROXY_FIELDS order
+    proxy: Tuple[Tuple[str, Any], ...]  # (field, value) in PROXY_FIELDS order, then PROXY_OPTIONAL ones not at default
 
     def proxy_dict(self) -> Dict[str, Any]:
         return dict(self.proxy)
@@ -261,7 +264,10 @@ def _parse_settings(value: Any) -> Settings:
     space = _str(s["space"], "settings.space")
     if space not in ("embedding", "features"):
         raise _Damage("settings.space", f"expected 'embedding' or 'features', got {_short(space)}")
-    p = _obj(s["proxy"], "settings.proxy", PROXY_FIELDS)
+    raw = s["proxy"]
+    optional = {k: raw[k] for k in PROXY_OPTIONAL if isinstance(raw, dict) and k in raw}
+    p = _obj({k: v for k, v in raw.items() if k not in optional} if isinstance(raw, dict) else raw,
+             "settings.proxy", PROXY_FIELDS)
     proxy = (
         ("epochs", _int(p["epochs"], "settings.proxy.epochs", 1, 1 << 20)),
         ("lr", _real(p["lr"], "settings.proxy.lr", 0.0, 1e6, lo_open=True)),
@@ -270,6 +276,10 @@ def _parse_settings(value: Any) -> Settings:
         ("batch_size", _int(p["batch_size"], "settings.proxy.batch_size", 2, 1 << 31)),
         ("hidden", None if p["hidden"] is None else _int(p["hidden"], "settings.proxy.hidden", 1, 1 << 16)),
     )
+    if "dropout" in optional:
+        proxy += (("dropout", _real(optional["dropout"], "settings.proxy.dropout", 0.0, 1.0, hi_open=True)),)
+    if "mc_samples" in optional:
+        proxy += (("mc_samples", _int(optional["mc_samples"], "settings.proxy.mc_samples", 2, 1 << 16)),)
     return Settings(strategy, seed, num_classes, space, proxy)
 
 
@@ -305,7 +315,8 @@ def settings_mismatch(saved: Settings, given: Settings) -> List[str]:
         if a != b:
             out.append(f"{name}: {a!r} in the state, {b!r} given")
     sp, gp = saved.proxy_dict(), given.proxy_dict()
-    for name in PROXY_FIELDS:
-        if sp[name] != gp[name]:
-            out.append(f"{name}: {sp[name]!r} in the state, {gp[name]!r} given")
+    for name in PROXY_FIELDS + tuple(PROXY_OPTIONAL):
+        if sp.get(name, PROXY_OPTIONAL.get(name)) != gp.get(name, PROXY_OPTIONAL.get(name)):
+            out.append(f"{name}: {sp.get(name, PROXY_OPTIONAL.get(name))!r} in the state, "
+                       f"{gp.get(name, PROXY_OPTIONAL.get(name))!r} given")
     return out

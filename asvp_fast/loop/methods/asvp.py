@@ -29,7 +29,7 @@ explicit config fields of the method::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -38,6 +38,7 @@ from ...core.devices import torch_device
 from ...transfer.logme import logme
 from ...transfer.ped import ped
 from ..storage.cache import FeatureCache
+from ..selection.strategies import STRATEGIES
 from .svpp import SVPpMethod
 
 
@@ -52,9 +53,11 @@ def should_refresh(ped_steps: int, score: Optional[float], previous: Optional[fl
 @dataclass(frozen=True)
 class ASVPOptions:
     """``refresh``: re-extract the pool's features from a fine-tuned backbone when the trigger fires
-    (feature alignment); False keeps selecting on the pre-trained features."""
+    (feature alignment); False keeps selecting on the pre-trained features. ``strategy``: as for
+    SVPp (None: the config's ``selection.strategy``)."""
 
     refresh: bool = True
+    strategy: Optional[str] = field(default=None, metadata={"choices": lambda: STRATEGIES, "what": "strategy"})
 
 
 class ASVPMethod(SVPpMethod):

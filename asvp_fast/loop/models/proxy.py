@@ -7,6 +7,7 @@ ReLU → Linear with the hidden width equal to the feature dimension, SGD with m
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
@@ -32,14 +33,23 @@ class ProxyConfig:
     inference_batch_size: int = field(default=16384, metadata={"ge": 1, "machine": True})
     hidden: Optional[int] = field(default=None, metadata={"ge": 1})  # None: the feature dimension, as in the paper
     device: str = field(default="auto", metadata={"device": True, "machine": True})
+    # MC dropout (BALD, BatchBALD): dropout rate after the hidden layer, used in training and in the
+    # `mc_samples` stochastic passes at selection. 0 (the default) leaves the proxy exactly as in the
+    # paper. "omit_default": left out of the resume digest at its default (runs from before stay resumable).
+    dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1, "omit_default": True})
+    mc_samples: int = field(default=20, metadata={"ge": 2, "omit_default": True})
 
 
 class MLPProxy(nn.Module):
-    def __init__(self, in_dim: int, num_classes: int, hidden: Optional[int] = None) -> None:
+    def __init__(self, in_dim: int, num_classes: int, hidden: Optional[int] = None, dropout: float = 0.0) -> None:
         super().__init__()
         width = hidden or in_dim
-        self.embed = nn.Sequential(nn.Linear(in_dim, width), nn.BatchNorm1d(width), nn.ReLU())
+        layers = [nn.Linear(in_dim, width), nn.BatchNorm1d(width), nn.ReLU()]
+        if dropout > 0:  # parameter-free, appended last: the state dict keys are those without dropout
+            layers.append(nn.Dropout(dropout))
+        self.embed = nn.Sequential(*layers)
         self.head = nn.Linear(width, num_classes)
+        self.dropout = float(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))
@@ -57,10 +67,22 @@ def train_proxy(features: np.ndarray, labelled: np.ndarray, labels: np.ndarray, 
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64)[order], device=dev)
     gen = torch.Generator().manual_seed(int(seed))
     with seeded_torch(seed):  # the layer initialisation, without touching the caller's RNG
-        model = MLPProxy(x.shape[1], num_classes, config.hidden).to(dev)
+        model = MLPProxy(x.shape[1], num_classes, config.hidden, config.dropout).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     model.train()
     bar: Any = task_bar(config.epochs, "proxy", progress, unit="epoch")
+    # dropout draws from torch's global generator: seeded and forked, so the training is reproducible
+    # and the caller's RNG untouched (without dropout nothing draws from it)
+    with seeded_torch(seed + 1) if config.dropout > 0 else contextlib.nullcontext():
+        _epochs(model, opt, x, y, gen, config, bar)
+    if bar is not None:
+        bar.close()
+    return model.eval()
+
+
+def _epochs(model: MLPProxy, opt: Any, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, config: ProxyConfig,
+            bar: Any) -> None:
+    dev = x.device
     for _ in range(config.epochs):
         perm = torch.randperm(x.shape[0], generator=gen).to(dev)
         for batch in _batches(perm, config.batch_size):
@@ -70,9 +92,6 @@ def train_proxy(features: np.ndarray, labelled: np.ndarray, labels: np.ndarray, 
             opt.step()
         if bar is not None:
             bar.update(1)
-    if bar is not None:
-        bar.close()
-    return model.eval()
 
 
 def _batches(perm: torch.Tensor, size: int) -> Any:
@@ -109,3 +128,27 @@ def proxy_outputs(model: MLPProxy, features: np.ndarray, *, hidden: bool = True,
         if emb is not None:
             emb[rows] = h.cpu().numpy().astype(emb.dtype, copy=False)
     return logits, emb
+
+
+@torch.inference_mode()
+def proxy_mc_logits(model: MLPProxy, features: np.ndarray, samples: int, *, seed: int = 0, batch_size: int = 16384,
+                    out: Optional[np.ndarray] = None) -> np.ndarray:
+    """MC-dropout logits (samples, N, C) float32: ``samples`` stochastic passes of the head with dropout
+    on the hidden layer (rate ``model.dropout``; BatchNorm in eval mode). The hidden layer is computed
+    once per chunk; the dropout masks come from a generator seeded with ``seed`` (deterministic for a
+    seed and batch size; the global RNG is not used). ``out``: e.g. a float32 memmap of that shape."""
+    if model.dropout <= 0:
+        raise ValueError("MC dropout needs a proxy trained with dropout > 0 ([proxy] dropout)")
+    dev = next(model.parameters()).device
+    n = features.shape[0]
+    classes = model.head.out_features
+    result = out if out is not None else np.empty((samples, n, classes), dtype=np.float32)
+    gen = torch.Generator(device=dev).manual_seed(int(seed))
+    keep = 1.0 - model.dropout
+    deterministic = nn.Sequential(*[m for m in model.embed if not isinstance(m, nn.Dropout)])
+    for rows in chunked_rows(n, features.shape[1], target_bytes=batch_size * features.shape[1] * 4):
+        h = deterministic(torch.from_numpy(np.array(features[rows], dtype=np.float32)).to(dev))
+        for t in range(samples):
+            mask = torch.rand(h.shape, generator=gen, device=dev) < keep
+            result[t, rows] = model.head(h * mask / keep).float().cpu().numpy()
+    return result

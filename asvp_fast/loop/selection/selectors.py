@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 
 from ..models.classifier import Classifier, head_logits
-from ..models.proxy import ProxyConfig, proxy_outputs, train_proxy
+from ..models.proxy import MLPProxy, ProxyConfig, proxy_mc_logits, proxy_outputs, train_proxy
 from .view import SelectorView
 
 # Hidden embeddings larger than this go to a memmap in the run directory instead of memory.
@@ -64,7 +64,23 @@ class ProxySelector(Selector):
             hidden_out = np.memmap(self.spill_path, dtype=np.float16, mode="w+", shape=(feats.shape[0], width))
         logits, hidden = proxy_outputs(proxy, feats, hidden=self.hidden, hidden_out=hidden_out,
                                        batch_size=self.config.inference_batch_size)
-        return SelectorView(feats.shape[0], logits=logits, embedding=hidden, features=feats), {"proxy_s": round(trained_s, 3)}
+        mc = self._mc_sampler(proxy, seed) if self.config.dropout > 0 else None
+        return (SelectorView(feats.shape[0], logits=logits, embedding=hidden, features=feats, mc_logits=mc),
+                {"proxy_s": round(trained_s, 3)})
+
+    def _mc_sampler(self, proxy: MLPProxy, seed: int) -> Callable[[], np.ndarray]:
+        """MC-dropout logits of the pool on demand; a float32 memmap beside the hidden spill when large."""
+
+        def sample() -> np.ndarray:
+            n, t = self.features.shape[0], self.config.mc_samples
+            out = None
+            if self.spill_path is not None and t * n * proxy.head.out_features * 4 > IN_MEMORY_BYTES:
+                out = np.memmap(self.spill_path.with_suffix(".mc.f32"), dtype=np.float32, mode="w+",
+                                shape=(t, n, proxy.head.out_features))
+            return proxy_mc_logits(proxy, self.features, t, seed=seed, batch_size=self.config.inference_batch_size,
+                                   out=out)
+
+        return sample
 
 
 @dataclass

@@ -8,17 +8,28 @@ exact k-center greedy, BADGE, ActiveFT) in :mod:`asvp_fast.acquisition`. Add one
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import Callable, Dict
 
 import numpy as np
 
 from ...acquisition.activeft import activeft_select
+from ...acquisition.bald import bald
+from ...acquisition.batchbald import batchbald
+from ...acquisition.cluster_margin import cluster_margin, hac_clusters
+from ...acquisition.probcover import probcover
+from ...acquisition.typiclust import typiclust
 from ...acquisition.diversity import badge, kcenter_greedy
 from ...acquisition.uncertainty import select_uncertain
 from .view import SelectorView
 
 
 StrategyFn = Callable[[SelectorView, np.ndarray, int, int, str], np.ndarray]
+
+# Strategies that select in an embedding (the selector's hidden layer, or the features): a proxy
+# computes its hidden embedding only for these.
+EMBEDDING_STRATEGIES = ("coreset", "badge", "activeft", "typiclust", "probcover")
 
 
 def _random(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
@@ -46,6 +57,62 @@ def _activeft(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space
     return np.asarray(activeft_select(view.space(space), k, labeled=labelled if labelled.size else None, seed=seed))
 
 
+def _bald(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
+    return np.asarray(bald(view.need_mc_logits("bald"), k, from_logits=True, exclude=labelled))
+
+
+def _batchbald(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
+    # the greedy scores the rows of largest BALD only: max(10 k, 1000) of them (the budget, see batchbald)
+    free = view.n - np.unique(labelled).size
+    return np.asarray(batchbald(view.need_mc_logits("batchbald"), k, from_logits=True, exclude=labelled,
+                                seed=seed, candidates=min(free, max(10 * k, 1000))))
+
+
+def _typiclust(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
+    return np.asarray(typiclust(view.space(space), k, labeled=labelled if labelled.size else None, seed=seed))
+
+
+def _probcover(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
+    # the purity rule's pseudo-labels: as many k-means clusters as the selector has classes
+    classes = view.logits.shape[1] if view.logits is not None and view.logits.shape[1] >= 2 else 10
+    return np.asarray(probcover(view.space(space), k, labeled=labelled if labelled.size else None, seed=seed,
+                                pseudo_classes=classes))
+
+
+# Cluster-Margin's clustering, computed once per embedding and reused across rounds (the paper
+# clusters a fixed embedding once): keyed by a fingerprint of the array, the few most recent kept.
+_CLUSTERINGS: "OrderedDict[str, np.ndarray]" = OrderedDict()
+_CLUSTERINGS_KEPT = 4
+
+
+def fingerprint(array: np.ndarray) -> str:
+    """A digest of an array's shape, dtype and 64 evenly spaced rows (cheap on a memmap)."""
+    digest = hashlib.sha256(str((array.shape, np.dtype(array.dtype).str)).encode())
+    for row in np.linspace(0, max(0, array.shape[0] - 1), num=min(64, array.shape[0]), dtype=np.int64):
+        digest.update(np.ascontiguousarray(array[int(row)]).tobytes())
+    return digest.hexdigest()
+
+
+def pool_clustering(embedding: np.ndarray, seed: int = 0) -> np.ndarray:
+    """:func:`hac_clusters` of ``embedding``, cached in memory by :func:`fingerprint`."""
+    key = f"{fingerprint(embedding)}:{seed}"
+    if key not in _CLUSTERINGS:
+        _CLUSTERINGS[key] = hac_clusters(embedding, seed=seed)
+        while len(_CLUSTERINGS) > _CLUSTERINGS_KEPT:
+            _CLUSTERINGS.popitem(last=False)
+    _CLUSTERINGS.move_to_end(key)
+    return _CLUSTERINGS[key]
+
+
+def _cluster_margin(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
+    # the fixed pre-trained features when the selector has them (clustered once for the whole run),
+    # else the selection space
+    embedding = view.features if view.features is not None else view.space(space)
+    return np.asarray(cluster_margin(view.need_logits("cluster_margin"), None, k, from_logits=True,
+                                     exclude=labelled if labelled.size else None, seed=seed,
+                                     clustering=pool_clustering(embedding)))
+
+
 STRATEGIES: Dict[str, StrategyFn] = {
     "random": _random,
     "margin": _uncertainty("margin"),
@@ -54,6 +121,11 @@ STRATEGIES: Dict[str, StrategyFn] = {
     "coreset": _coreset,
     "badge": _badge,
     "activeft": _activeft,
+    "bald": _bald,
+    "batchbald": _batchbald,
+    "typiclust": _typiclust,
+    "probcover": _probcover,
+    "cluster_margin": _cluster_margin,
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -14,13 +14,15 @@ class SelectorView:
 
     ``logits`` (N, C): the selector's class scores; ``embedding`` (N, h): its penultimate features
     (the proxy's hidden layer, or the fine-tuned backbone's features); ``features`` (N, d): the
-    cached pre-trained features.
+    cached pre-trained features; ``mc_logits``: makes (T, N, C) MC-dropout logits on demand (BALD,
+    BatchBALD), None when the selector has no dropout.
     """
 
     n: int
     logits: Optional[np.ndarray] = None
     embedding: Optional[np.ndarray] = None
     features: Optional[np.ndarray] = None
+    mc_logits: Optional[Callable[[], np.ndarray]] = None
 
     def space(self, name: str) -> np.ndarray:
         """The embedding that diversity strategies work in: ``"embedding"`` or ``"features"``."""
@@ -35,6 +37,15 @@ class SelectorView:
         if self.logits is None:
             raise ValueError(f"strategy {strategy!r} needs class scores, and this selector provides none")
         return self.logits
+
+    def need_mc_logits(self, strategy: str) -> np.ndarray:
+        """The (T, N, C) MC-dropout logits (computed on first use and kept)."""
+        if self.mc_logits is None:
+            raise ValueError(f"strategy {strategy!r} needs MC-dropout samples: use a proxy method with "
+                             "[proxy] dropout > 0 (e.g. 0.3; [proxy] mc_samples sets T)")
+        if not hasattr(self, "_mc_cache"):
+            self._mc_cache = self.mc_logits()
+        return self._mc_cache
 
     def hints(self, rows: np.ndarray) -> Dict[str, List[float]]:
         """For annotators: pool row → [top class, uncertainty in [0, 1]] of the selector, where the
