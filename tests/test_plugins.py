@@ -214,3 +214,36 @@ def test_demo_fresh_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert main(["demo", "-o", str(precious), "--fresh", "--no-progress"]) == 2
     assert (precious / "chapter1.tex").read_text() == "years of work"
     assert "not one" in capsys.readouterr().err
+
+
+def test_fine_tuning_never_trains_batchnorm_on_a_single_row():
+    """33 labelled rows with batch size 32 would leave a last batch of one row, which a BatchNorm
+    backbone cannot train on; it joins the previous batch instead (all other batches unchanged)."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from asvp_fast.loop import Backbone
+    from asvp_fast.loop.cases.builtin import synthetic_case
+    from asvp_fast.loop.models.trainers import NoSingletonBatches, TrainConfig, train_classifier
+
+    class Normed(Backbone):
+        feature_dim = 8
+        backbone_id = "normed"
+
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8))
+
+        def forward(self, x):
+            return self.net(x.float())
+
+    case = synthetic_case(pool_size=60, test_size=10, seed=0)
+    model = train_classifier(Normed, case.pool, case.collate, np.arange(33), case.pool_labels[:33], case.num_classes,
+                             TrainConfig(epochs=2, batch_size=32), seed=0)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    data = list(range(33))
+    plain = [b.tolist() for b in DataLoader(data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(1))]
+    gen = torch.Generator().manual_seed(1)
+    merged = [b.tolist() for b in DataLoader(data, batch_sampler=NoSingletonBatches(RandomSampler(data, generator=gen), 32),
+                                             generator=gen)]
+    assert [len(b) for b in plain] == [32, 1] and merged == [plain[0] + plain[1]]
+    assert len(NoSingletonBatches(RandomSampler(data), 32)) == 1

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
 
 from ...core.devices import torch_device
 from ...core.progress import task_bar
@@ -87,6 +87,36 @@ class _Labelled(Dataset):  # type: ignore[type-arg]
 
     def __getitem__(self, i: int) -> Tuple[Any, int]:
         return self.pool[int(self.rows[i])], int(self.labels[i])
+
+
+class NoSingletonBatches(Sampler):  # type: ignore[type-arg]
+    """Batches of ``batch_size`` indices from ``sampler`` in its order; a trailing batch of one index
+    is merged into the previous batch (BatchNorm layers cannot train on one row)."""
+
+    def __init__(self, sampler: Any, batch_size: int) -> None:
+        self.sampler, self.batch_size = sampler, int(batch_size)
+
+    def __iter__(self) -> Any:
+        batch: List[int] = []
+        pending: Optional[List[int]] = None
+        for index in self.sampler:
+            batch.append(int(index))
+            if len(batch) == self.batch_size:
+                if pending is not None:
+                    yield pending
+                pending, batch = batch, []
+        if len(batch) == 1 and pending is not None:
+            pending = pending + batch
+            batch = []
+        if pending is not None:
+            yield pending
+        if batch:
+            yield batch
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
 
 
 class _CollateWithLabels:
@@ -232,9 +262,12 @@ def _fine_tune(model: Classifier, pool: Any, collate: Any, rows: np.ndarray, lab
         groups.append({"params": backbone_params, "lr": config.backbone_lr})
     opt = torch.optim.SGD(groups, lr=config.head_lr, momentum=config.momentum, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(int(seed) + 2)
-    loader = DataLoader(_Labelled(pool, rows, labels), batch_size=config.batch_size, shuffle=True, generator=gen,
-                        collate_fn=_CollateWithLabels(collate), num_workers=config.num_workers,
-                        pin_memory=device.type == "cuda")
+    data = _Labelled(pool, rows, labels)
+    # The same shuffled batches as DataLoader(shuffle=True, generator=gen), except that a last batch of
+    # one row joins the one before: BatchNorm cannot train on a single row.
+    batches = NoSingletonBatches(RandomSampler(data, generator=gen), config.batch_size)
+    loader = DataLoader(data, batch_sampler=batches, generator=gen, collate_fn=_CollateWithLabels(collate),
+                        num_workers=config.num_workers, pin_memory=device.type == "cuda")
     steps = config.epochs * len(loader)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
     use_amp = config.amp and device.type == "cuda"
