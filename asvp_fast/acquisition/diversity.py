@@ -34,6 +34,7 @@ from ..core.checks import (
 )
 from ..core.progress import row_progress
 from .nearest import nearest_labelled
+from .sharded_diversity import diversity_sharded
 
 Device = str  # "auto" | "cpu" | "cuda" | "cuda:N"
 
@@ -143,6 +144,7 @@ def diversity_select(
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
     nearest_backend: str = "auto",
+    group: Any = None,
 ) -> DiversityResult:
     """The engine behind :func:`kcenter_greedy`, :func:`kmeans_pp` and :func:`badge`, returning the
     picks together with their distances and the work done (for benchmarks and diagnostics).
@@ -152,7 +154,13 @@ def diversity_select(
     ``nearest_backend`` picks the library of k-center's initial nearest-labelled search
     ("auto", "faiss", "numpy" or "torch"; any of them takes any input: numpy rows are
     handed to torch tile by tile, torch CPU rows to faiss/numpy likewise).
+    ``group``: a torch.distributed process group; ``features`` (and ``x``) are then this rank's
+    shard, ``labeled``/``exclude`` local to it, and the picks global rows (docs/api.md,
+    "Distributed"). The counters of the result are 0 there.
     """
+    if group is not None:
+        return _sharded(method, features, k, x=x, from_logits=from_logits, labeled=labeled, exclude=exclude, seed=seed,
+                        validate=validate, group=group)
     code = _CODES[parse_choice(method, tuple(_CODES), "method")]
     from_logits, validate = parse_flag(from_logits, "from_logits"), parse_flag(validate, "validate")
     prune = parse_flag(prune, "prune")
@@ -195,6 +203,58 @@ def diversity_select(
                            int(work["distances_computed"]), int(work["centre_distances"]))
 
 
+def _host_float32(features: Any) -> np.ndarray:
+    """A shard's rows as the kernel reads them: float32 (exact for bfloat16, rounded from float64)."""
+    if type(features).__module__.startswith("torch"):
+        return features.detach().float().cpu().numpy()
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range rows are named below
+        return np.ascontiguousarray(features, dtype=np.float32)
+
+
+def _sharded(method: str, features: Any, k: Any, *, x: Any, from_logits: Any, labeled: Any, exclude: Any,
+             seed: Any, validate: Any, group: Any) -> DiversityResult:
+    """:func:`diversity_select` over row shards (asvp_fast.acquisition.distributed)."""
+    parse_choice(method, tuple(_CODES), "method")
+
+    def prepare() -> Dict[str, Any]:
+        if method == "badge" and parse_flag(from_logits, "from_logits"):
+            raise NotImplementedError("BADGE over shards (group=) takes probabilities; from_logits=True is planned")
+        op = as_operand(features, "features")
+        n, _ = check_float_matrix(op, "features", columns="d")
+        if op.dtype_name == "float16":
+            raise NotImplementedError("float16 shards are not supported with group= yet; pass float32 rows")
+        lab = np.empty(0, dtype=np.int64)
+        if labeled is not None:
+            if method != "kcenter":
+                raise ValueError("labeled is only used by k-center greedy; use exclude for the other methods")
+            lab = parse_rows(labeled, n, "labeled", unique=True, of="features")
+        excluded = np.empty(0, dtype=np.int64) if exclude is None else parse_rows(exclude, n, "exclude",
+                                                                                 of="features")
+        prepared = {"k": parse_count(k), "seed": parse_seed(seed), "labeled": lab, "excluded": excluded,
+                    "fma": _C.build_info()["isa"] != "base"}
+        rows = _host_float32(features)
+        read = np.ones(n, dtype=bool)
+        read[excluded] = False
+        bad = np.flatnonzero(read & ~np.isfinite(rows).all(axis=1))
+        if bad.size:
+            raise ValueError(f"row {int(bad[0])} of this rank's features shard contains NaN or Inf "
+                             "(or a value beyond the float32 range)")
+        prepared["features"] = rows
+        if method == "badge":
+            x_op = _badge_scores(x, op, n)
+            if x_op.dtype_name == "float16":
+                raise NotImplementedError("float16 shards are not supported with group= yet; pass float32 rows")
+            usable = n - int(np.unique(excluded).size)
+            # the kernel's own checks of every row it would read (one pick, no distance pass)
+            diversity_select("badge", features, min(1, usable), x=x, exclude=exclude if exclude is not None else None,
+                             validate=validate, threads=1)
+            prepared["probs"] = _host_float32(x)
+        return prepared
+
+    picks, radii = diversity_sharded(group, method, prepare, features)
+    return DiversityResult(picks, radii, 0, 0, 0)
+
+
 def kcenter_greedy(
     features: Any,
     k: int,
@@ -204,6 +264,7 @@ def kcenter_greedy(
     device: Device = "auto",
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
+    group: Any = None,
 ) -> Any:
     """Exact greedy k-center (Sener & Savarese 2018) in Euclidean distance.
 
@@ -230,6 +291,10 @@ def kcenter_greedy(
             restored afterwards.
         progress: show a progress bar over picks (tqdm); None shows one for long runs when
             stderr is a terminal. Ctrl-C stops the run between picks.
+        group: a torch.distributed process group, or None. With a group, ``features`` is this
+            rank's shard (consecutive rows, ranks in order), ``labeled``/``exclude`` are local to
+            it, and the picks are global rows, the same on every rank and equal to one process's
+            on the whole pool (docs/api.md, "Distributed").
 
     Returns:
         int64 (k,) row indices in pick order: numpy for numpy input, a torch tensor on the
@@ -242,7 +307,7 @@ def kcenter_greedy(
         RuntimeError: ``device`` names a device that is not usable here.
     """
     return diversity_select("kcenter", features, k, labeled=labeled, seed=seed, device=device, threads=threads,
-                            progress=progress).indices
+                            progress=progress, group=group).indices
 
 
 def kmeans_pp(
@@ -254,6 +319,7 @@ def kmeans_pp(
     device: Device = "auto",
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
+    group: Any = None,
 ) -> Any:
     """k-means++ seeding (Arthur & Vassilvitskii 2007): D² sampling without replacement.
 
@@ -264,7 +330,7 @@ def kmeans_pp(
     1024 rows, updated only where distances changed), never rebuilding an O(N) table.
 
     Args:
-        features, k, seed, device, threads, progress: as for :func:`kcenter_greedy`.
+        features, k, seed, device, threads, progress, group: as for :func:`kcenter_greedy`.
         exclude: rows that may not be picked: a bool mask (N,) or an index array. They do not
             act as centres and are not read.
 
@@ -272,7 +338,7 @@ def kmeans_pp(
         int64 (k,) row indices in pick order.
     """
     return diversity_select("kmeans_pp", features, k, exclude=exclude, seed=seed, device=device, threads=threads,
-                            progress=progress).indices
+                            progress=progress, group=group).indices
 
 
 def badge(
@@ -287,6 +353,7 @@ def badge(
     device: Device = "auto",
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
+    group: Any = None,
 ) -> Any:
     """BADGE (Ash et al. 2020): k-means++ seeding over gradient embeddings, never materialised.
 
@@ -300,11 +367,13 @@ def badge(
             fly; the predicted class's entry of q is minus the sum of the other probabilities,
             which avoids cancellation for confident rows).
         features: N x d penultimate-layer embeddings h (same rows as ``x``).
-        k, exclude, seed, device, threads, progress: as for :func:`kmeans_pp`.
+        k, exclude, seed, device, threads, progress, group: as for :func:`kmeans_pp` (with a
+            group, probabilities only: ``from_logits=True`` is not implemented there yet).
         validate: check that probability rows lie in [0, 1] and sum to 1.
 
     Returns:
         int64 (k,) row indices in pick order.
     """
     return diversity_select("badge", features, k, x=x, from_logits=from_logits, exclude=exclude, seed=seed,
-                            validate=validate, device=device, threads=threads, progress=progress).indices
+                            validate=validate, device=device, threads=threads, progress=progress,
+                            group=group).indices

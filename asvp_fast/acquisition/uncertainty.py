@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
+import numpy as np
+
 from .. import _C
 from ..core.arrays import (
     Operand,
@@ -22,6 +24,7 @@ from ..core.arrays import (
 )
 from ..core.checks import parse_choice, parse_count, parse_flag, parse_optional_flag, parse_threads
 from ..core.progress import row_progress
+from .distributed import check_group, select_uncertain_sharded
 
 Kind = Literal["margin", "entropy", "least_confidence"]
 Device = str  # "auto" | "cpu" | "cuda" | "cuda:N"
@@ -74,6 +77,7 @@ def scores(
     device: Device = "auto",
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
+    group: Any = None,
 ) -> Any:
     """The raw uncertainty statistic of every row of ``x`` as float32 (N,).
 
@@ -102,7 +106,11 @@ def scores(
         TypeError: unsupported dtype; an argument of the wrong type (``from_logits="False"``,
             ``kind=["margin"]``), named in the message.
         RuntimeError: ``device`` names a device that is not usable here.
+
+    ``group`` (a torch.distributed process group) is accepted for symmetry with the selection
+    functions: scores are per row, so each rank simply gets the scores of its own shard.
     """
+    check_group(group)
     from_logits, validate = parse_flag(from_logits, "from_logits"), parse_flag(validate, "validate")
     progress = parse_optional_flag(progress, "progress")
     call = _prepare(x, kind, threads, device)
@@ -111,6 +119,14 @@ def scores(
         call.run(from_logits=from_logits, validate=validate, mask=None, scores_out=handle, indices_out=None, k=0,
                  progress=progress, description=f"{kind} scores")
     return result
+
+
+def _shard_rows(x: Any, kind: str, exclude: Any, k: Any) -> Any:
+    """(rows, excluded rows, k) of this rank's shard, checked."""
+    call = _prepare(x, kind, 1, "auto")
+    k = parse_count(k)
+    _, excluded = exclusion_mask(exclude, call.n, call.op)
+    return call.n, excluded, k
 
 
 def select_uncertain(
@@ -124,6 +140,7 @@ def select_uncertain(
     device: Device = "auto",
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
+    group: Any = None,
 ) -> Any:
     """Indices of the ``k`` most uncertain rows of ``x``, most uncertain first.
 
@@ -138,11 +155,28 @@ def select_uncertain(
         from_logits, validate, device, threads, progress: as for :func:`scores`.
         exclude: rows that may not be picked (e.g. already labelled): a bool mask of length N or
             an array of row indices in [0, N). Excluded rows are not read.
+        group: a torch.distributed process group, or None. With a group, ``x`` is this rank's
+            shard (ranks hold consecutive rows in rank order), ``exclude`` is local to the shard,
+            and the result is global row numbers, the same on every rank and equal to one
+            process's answer on the whole pool (docs/api.md, "Distributed").
 
     Returns:
         int64 array of length k: numpy for numpy input, a torch tensor on x's device for torch
         input.
     """
+    if group is not None:
+        def local_top() -> Any:
+            n, excluded, kk = _shard_rows(x, kind, exclude, k)
+            take = min(kk, n - excluded)
+            local = select_uncertain(x, take, kind, from_logits=from_logits, exclude=exclude, validate=validate,
+                                     device=device, threads=threads, progress=progress)
+            rows = x if hasattr(x, "shape") else np.asarray(x)
+            picked = rows[local] if take else rows[:0]
+            values = scores(picked, kind, from_logits=from_logits, validate=validate, device=device,
+                            threads=threads)
+            return kk, n, n - excluded, local, values
+
+        return select_uncertain_sharded(group, x, kind == "entropy", local_top)
     from_logits, validate = parse_flag(from_logits, "from_logits"), parse_flag(validate, "validate")
     progress = parse_optional_flag(progress, "progress")
     call = _prepare(x, kind, threads, device)
