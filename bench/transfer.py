@@ -99,6 +99,16 @@ def _timed(fn: Callable[[], T]) -> Tuple[float, float, T]:
     return seconds, peak / 1e6, out
 
 
+def extrapolate_classes(one_s: float, done_s: float, done: int, classes: int) -> float:
+    """The reference's time for all ``classes`` from its times for 1 and for ``done`` classes: a fixed
+    part (Gram + eigh) plus the same cost per class. Timing noise can make the two measurements
+    disagree (``done_s < one_s``); the per-class cost is then taken as ``done_s / done``."""
+    per_class = (done_s - one_s) / (done - 1)
+    if per_class <= 0:
+        return done_s / done * classes
+    return (one_s - per_class) + per_class * classes
+
+
 def run_case(case: TransferCase, probe: float, log: Callable[[str], None]) -> TransferRow:
     x, y = make_data(case)
     name = f"{case.kind} N={case.n:,} D={case.d} C={case.c}" + (f" ({case.note})" if case.note else "")
@@ -109,8 +119,7 @@ def run_case(case: TransferCase, probe: float, log: Callable[[str], None]) -> Tr
         extrapolated = done < case.c
         if extrapolated:  # Gram + eigh once, then the per-class loop scaled to all C classes
             one_s, _, _ = _timed(lambda: logme_per_class(x, y, classes=1))
-            per_class = (ref_s - one_s) / (done - 1)
-            ref_s = (one_s - per_class) + per_class * case.c
+            ref_s = extrapolate_classes(one_s, ref_s, done, case.c)
             agreement = None
         else:
             agreement = abs(ours - ref_score) / max(abs(ref_score), 1e-12)
