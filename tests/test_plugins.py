@@ -247,3 +247,32 @@ def test_fine_tuning_never_trains_batchnorm_on_a_single_row():
                                              generator=gen)]
     assert [len(b) for b in plain] == [32, 1] and merged == [plain[0] + plain[1]]
     assert len(NoSingletonBatches(RandomSampler(data), 32)) == 1
+
+
+def test_standard_al_selects_with_mc_dropout_on_the_target_model(tmp_path):
+    """BALD/BatchBALD in standard AL: the target model trains with dropout before its head, and the
+    selection draws T seeded dropout passes of the head over the fine-tuned features."""
+    from asvp_fast.loop.models.classifier import head_mc_logits
+
+    for strategy in ("bald", "batchbald"):
+        cfg = config(methods=["standard"], selection={"strategy": strategy},
+                     training={"epochs": 2, "batch_size": 32, "head_dropout": 0.3, "mc_samples": 4})
+        state = run(cfg, tmp_path / strategy, echo=quiet, report=False)
+        picked = state.methods["standard"].rounds[1].new
+        assert len(picked) == 20 and len(set(picked)) == 20
+    with pytest.raises(ValueError, match="head_dropout > 0 for standard AL"):
+        run(config(methods=["standard"], selection={"strategy": "bald"}), tmp_path / "plain", echo=quiet, report=False)
+    head = torch.nn.Linear(3, 2)
+    feats = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    a, b = head_mc_logits(head, feats, 0.5, 3, seed=1), head_mc_logits(head, feats, 0.5, 3, seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (3, 10, 2) and not np.array_equal(a[0], a[1])
+    # each pass is the head on the features with some dropped and the rest scaled by 1/(1 - rate),
+    # the masks drawn in order from a generator seeded with the seed
+    w, bias = head.weight.detach().numpy(), head.bias.detach().numpy()
+    gen = torch.Generator().manual_seed(1)
+    for t in range(3):
+        mask = (torch.rand((10, 3), generator=gen) < 0.5).numpy()
+        np.testing.assert_allclose(a[t], (feats * mask / 0.5) @ w.T + bias, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="rate in"):
+        head_mc_logits(head, feats, 0.0, 3)

@@ -49,7 +49,8 @@ class StandardMethod(Method):
                     ctx.drop_cache_version(cache, old)
             return feats
 
-        selector = TargetModelSelector(self.model, extract, ctx.pool_features_or_none)
+        selector = TargetModelSelector(self.model, extract, ctx.pool_features_or_none,
+                                       mc_samples=ctx.config.training.mc_samples)
         view, timing = selector.view(labelled, ctx.state.labels_of(labelled), seed=self.strategy_seed(round_))
         info.update(timing)
         space = ctx.config.selection.space if ctx.pool_features_or_none is not None else "embedding"

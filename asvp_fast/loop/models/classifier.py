@@ -16,15 +16,20 @@ from .backbones.base import Backbone
 
 
 class Classifier(nn.Module):
-    """Backbone + linear head; ``forward`` returns logits."""
+    """Backbone + linear head; ``forward`` returns logits. ``head_dropout`` > 0 drops penultimate
+    features before the head while training (and in MC-dropout passes, :func:`head_mc_logits`)."""
 
-    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, head_dropout: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.feature_dim, num_classes)
+        self.head_dropout = float(head_dropout)
 
     def forward(self, batch: Any) -> torch.Tensor:
-        return self.head(self.backbone(batch).float())
+        features = self.backbone(batch).float()
+        if self.head_dropout > 0:  # nothing is drawn without it: results stay those of a plain head
+            features = nn.functional.dropout(features, self.head_dropout, training=self.training)
+        return self.head(features)
 
 
 
@@ -78,3 +83,27 @@ def head_logits(head: nn.Linear, features: np.ndarray, chunk_rows: int = 65536) 
 def clone_backbone(model: Classifier) -> Backbone:
     """A detached copy of a trained backbone (e.g. to extract refreshed features)."""
     return copy.deepcopy(model.backbone).eval()
+
+
+def head_mc_logits(head: nn.Linear, features: np.ndarray, rate: float, samples: int, *, seed: int = 0,
+                   chunk_rows: int = 65536) -> np.ndarray:
+    """MC-dropout logits (samples, N, C) float32 of a linear head over cached features: each pass
+    drops features with probability ``rate`` (scaled by 1/(1 - rate), as in training). The masks come
+    from a generator seeded with ``seed``, so the samples are deterministic and the global RNG is
+    not used. Features are read chunk by chunk (memmaps larger than RAM)."""
+    if not 0 < rate < 1:
+        raise ValueError(f"MC dropout needs a rate in (0, 1), got {rate!r} (set training.head_dropout)")
+    if samples < 2:
+        raise ValueError(f"MC dropout needs at least 2 samples, got {samples!r}")
+    w = head.weight.detach().float().cpu()
+    b = head.bias.detach().float().cpu()
+    out = np.empty((samples, features.shape[0], w.shape[0]), dtype=np.float32)
+    gen = torch.Generator().manual_seed(int(seed))
+    keep = 1.0 - rate
+    with torch.inference_mode():
+        for s in range(0, features.shape[0], chunk_rows):
+            x = torch.from_numpy(np.array(features[s : s + chunk_rows], dtype=np.float32))
+            for t in range(samples):
+                mask = torch.rand(x.shape, generator=gen) < keep
+                out[t, s : s + chunk_rows] = torch.addmm(b, x * mask / keep, w.t()).numpy()
+    return out

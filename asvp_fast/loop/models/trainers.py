@@ -70,6 +70,11 @@ class TrainConfig:
     frozen: Tuple[str, ...] = field(default_factory=tuple)
     num_workers: int = field(default=0, metadata={"ge": 0, "le": 1024, "machine": True})
     device: str = field(default="auto", metadata={"device": True, "machine": True})
+    # MC dropout on the target model (BALD/BatchBALD in standard AL): dropout on the penultimate
+    # features before the head while fine-tuning, and `mc_samples` stochastic head passes at
+    # selection. 0 (the default) adds no dropout: training is exactly as without these fields.
+    head_dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1, "omit_default": True})
+    mc_samples: int = field(default=20, metadata={"ge": 2, "omit_default": True})
 
     def __post_init__(self) -> None:
         if self.mode not in TRAINERS:
@@ -213,7 +218,7 @@ def _train(job: TrainJob, *, linear_probe_first: bool) -> Classifier:
     # The global RNG is seeded inside a fork: the head's initialisation and the backbone's dropout
     # are reproducible, and the caller's RNG state is left as it was.
     with seeded_torch(seed):
-        model = Classifier(job.make_backbone(), job.num_classes).to(dev)
+        model = Classifier(job.make_backbone(), job.num_classes, head_dropout=config.head_dropout).to(dev)
         for name, p in model.backbone.named_parameters():
             # backbone_lr = 0 freezes the backbone outright: no gradients are computed for it
             p.requires_grad_(config.backbone_lr > 0 and not any(name.startswith(f) for f in config.frozen))

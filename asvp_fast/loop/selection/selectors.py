@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..models.classifier import Classifier, head_logits
+from ..models.classifier import Classifier, head_logits, head_mc_logits
 from ..models.proxy import MLPProxy, ProxyConfig, proxy_mc_logits, proxy_outputs, train_proxy
 from .view import SelectorView
 
@@ -94,11 +94,14 @@ class TargetModelSelector(Selector):
     model: Classifier
     extract: Callable[[Any], np.ndarray]
     features: Optional[np.ndarray] = None
+    mc_samples: int = 20  # MC-dropout passes when the model was trained with head_dropout > 0
 
     def view(self, labelled: np.ndarray, labels: np.ndarray, *, seed: int) -> Tuple[SelectorView, Dict[str, Any]]:
         start = time.perf_counter()
         feats = self.extract(self.model.backbone)
         extract_s = time.perf_counter() - start
+        rate = getattr(self.model, "head_dropout", 0.0)
+        mc = (lambda: head_mc_logits(self.model.head, feats, rate, self.mc_samples, seed=seed)) if rate > 0 else None
         view = SelectorView(feats.shape[0], logits=head_logits(self.model.head, feats), embedding=feats,
-                            features=self.features)
+                            features=self.features, mc_logits=mc)
         return view, {"extract_s": round(extract_s, 3)}

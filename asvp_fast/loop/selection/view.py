@@ -41,8 +41,9 @@ class SelectorView:
     def need_mc_logits(self, strategy: str) -> np.ndarray:
         """The (T, N, C) MC-dropout logits (computed on first use and kept)."""
         if self.mc_logits is None:
-            raise ValueError(f"strategy {strategy!r} needs MC-dropout samples: use a proxy method with "
-                             "[proxy] dropout > 0 (e.g. 0.3; [proxy] mc_samples sets T)")
+            raise ValueError(f"strategy {strategy!r} needs MC-dropout samples: set [proxy] dropout > 0 for proxy "
+                             "methods or [training] head_dropout > 0 for standard AL (e.g. 0.3; mc_samples "
+                             "sets T)")
         if not hasattr(self, "_mc_cache"):
             self._mc_cache = self.mc_logits()
         return self._mc_cache
