@@ -8,6 +8,20 @@ from typing import List, Optional
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The ``asvp-fast`` entry point; a closed output pipe (``asvp-fast backends | head -1``) ends it
+    quietly, as command-line tools do."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Python would report the failed flush of stdout at exit: point stdout at devnull first.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a program stopped by a closed pipe
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="asvp-fast", description="Fast active learning for fine-tuning pre-trained models.")
     parser.add_argument("--version", action="store_true", help="print the version and the available back ends")

@@ -162,3 +162,26 @@ def test_benchmark_is_not_in_the_package():
     package = Path(asvp_fast.__file__).parent
     assert not (package / "benchmarks").exists()
     assert not list(package.rglob("*_refs.py"))
+
+
+def test_cli_output_into_a_closed_pipe_ends_quietly(monkeypatch):
+    """`asvp-fast backends | head -1`: the reader goes away; the command ends with 141, no traceback."""
+    import os
+    import sys
+
+    from asvp_fast import cli
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: every write fails with EPIPE (Python ignores SIGPIPE)
+    saved = os.dup(1)
+    stream = os.fdopen(write_end, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", stream)
+    try:
+        assert cli.main(["backends"]) == 141
+    finally:
+        os.dup2(saved, 1)  # main points fd 1 at devnull on its way out; give pytest its stdout back
+        os.close(saved)
+        try:
+            stream.close()
+        except BrokenPipeError:
+            pass
