@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "array_view.h"
+#include "bald.h"
 #include "cpu_features.h"
 #include "cuda_runtime_info.h"
 #include "diversity.h"
@@ -329,6 +330,69 @@ bool is_float_dtype(DType t) {
   return t == DType::Float16 || t == DType::BFloat16 || t == DType::Float32 || t == DType::Float64;
 }
 
+// BALD's messages name the row as the Python contract does (af.bald: "x row R ...").
+std::string describe_bald_error(const RowError& e) {
+  const std::string row = "x row " + std::to_string(e.row);
+  if (e.problem == RowProblem::NonFinite) return row + " contains NaN or Inf";
+  return row + " is not a probability vector in every sample (entries in [0, 1] summing to 1 within " +
+         format_number(e.tolerance) + "); pass from_logits=True for logits or validate=False to skip this check";
+}
+
+// x: sample 0 of the (T, N, C) samples (an N x C view); sample t lies t * sample_stride elements on.
+void run_bald(const py::object& x_obj, int64_t samples, int64_t sample_stride, bool from_logits, bool validate,
+              const py::object& exclude_obj, const py::object& scores_obj, const py::object& indices_obj, int64_t k,
+              int64_t threads, int64_t chunk_bytes, bool use_cuda, uintptr_t stream, const py::object& progress,
+              const py::object& workspace) {
+  Keepalive keep;
+  BaldParams p;
+  p.x = to_view(x_obj, "x", keep);
+  p.exclude = to_view(exclude_obj, "exclude", keep);
+  p.scores_out = to_view(scores_obj, "scores output", keep, true);
+  p.indices_out = to_view(indices_obj, "indices output", keep, true);
+  require(p.x.ndim == 2, "x[0] must be 2-dimensional (N rows x C classes)");
+  if (!is_float_dtype(p.x.dtype))
+    throw py::type_error(std::string("x must be float16, bfloat16, float32 or float64, got ") + dtype_name(p.x.dtype));
+  require(samples >= 2, "BALD needs at least 2 MC samples, got " + std::to_string(samples));
+  const int64_t N = p.x.rows();
+  require(p.x.cols() >= 1, "x must have at least one class (column)");
+  check_vector(p.exclude, N, {DType::Bool, DType::UInt8}, "exclude mask", p.x);
+  check_vector(p.scores_out, N, {DType::Float64}, "scores output", p.x);
+  check_vector(p.indices_out, k, {DType::Int64}, "indices output", p.x);
+  require(k >= 0 && k <= N - count_set(p.exclude), "k is larger than the rows that are not excluded");
+  p.samples = samples;
+  p.sample_stride = sample_stride;
+  p.from_logits = from_logits;
+  p.validate = validate;
+  p.sum_tolerance = default_sum_tolerance(p.x.dtype);
+  p.k = k;
+  p.threads = clamp_threads(threads);
+  p.chunk_bytes = chunk_bytes > 0 ? chunk_bytes : p.chunk_bytes;
+  p.cuda_stream = stream;
+  if (!use_cuda) require(p.x.device == DeviceKind::CPU, "x is on a CUDA device; use the CUDA path");
+#if !defined(ASVP_WITH_CUDA)
+  require(!use_cuda, "this build of asvp_fast has no CUDA kernels");
+#endif
+  std::unique_ptr<py::error_already_set> pending;
+  p.on_progress = progress_hook(progress, pending);
+  if (use_cuda) {
+    require(p.x.device == DeviceKind::CUDA, "the CUDA BALD kernel needs x on a CUDA device (host input runs on the CPU)");
+    p.cuda_device = check_one_device({{&p.x, "x"}, {&p.exclude, "exclude mask"}, {&p.scores_out, "scores output"},
+                                      {&p.indices_out, "indices output"}}, -1);
+    p.device_alloc = workspace_hook(workspace, keep, p.cuda_device, pending);
+  }
+  RowError error;
+  run_without_gil([&] {
+#if defined(ASVP_WITH_CUDA)
+    if (use_cuda) bald_cuda(p, error);
+    else bald_cpu(p, error);
+#else
+    bald_cpu(p, error);
+#endif
+  }, pending);
+  error.tolerance = p.sum_tolerance;
+  if (error.row >= 0) throw py::value_error(describe_bald_error(error));
+}
+
 std::string describe_diversity_error(const DiversityStats& st, double tolerance) {
   const std::string row = "row " + std::to_string(st.bad_row);
   switch (st.bad_problem) {
@@ -516,6 +580,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("use_cuda"), py::arg("stream"), py::arg("progress") = py::none(), py::arg("workspace") = py::none(),
         py::arg("cuda_device") = -1,
         "k-center greedy (0), k-means++ seeding (1) or BADGE (2). Picks are written in place; returns work counts.");
+  m.def("bald", &asvp::run_bald, py::arg("x"), py::arg("samples"), py::arg("sample_stride"), py::arg("from_logits"),
+        py::arg("validate"), py::arg("exclude"), py::arg("scores_out"), py::arg("indices_out"), py::arg("k"),
+        py::arg("threads"), py::arg("chunk_bytes"), py::arg("use_cuda"), py::arg("stream"),
+        py::arg("progress") = py::none(), py::arg("workspace") = py::none(),
+        "BALD of (T, N, C) MC samples (x = sample 0) with streaming top-k; GIL released.");
   m.def("uncertainty", &asvp::run_uncertainty, py::arg("x"), py::arg("kind"), py::arg("from_logits"),
         py::arg("validate"), py::arg("exclude"), py::arg("scores_out"), py::arg("indices_out"), py::arg("k"),
         py::arg("threads"), py::arg("release_pages"), py::arg("chunk_bytes"), py::arg("use_cuda"),

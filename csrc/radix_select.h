@@ -53,7 +53,7 @@ inline std::vector<int64_t> order_selected(const std::vector<uint32_t>& above_ke
   std::partial_sort(tied_rows.begin(), tied_rows.begin() + take, tied_rows.end());
   const float tied_key = key_from_orderable_bits(sel.threshold());
   for (std::ptrdiff_t i = 0; i < take; ++i) chosen.push_back({tied_key, tied_rows[static_cast<size_t>(i)]});
-  std::sort(chosen.begin(), chosen.end(), ranks_before);
+  std::sort(chosen.begin(), chosen.end(), ranks_before<float>);
   std::vector<int64_t> rows(chosen.size());
   for (size_t i = 0; i < chosen.size(); ++i) rows[i] = chosen[i].index;
   return rows;

@@ -8,52 +8,61 @@
 
 namespace asvp {
 
-struct Candidate {
-  float key;
+// Key: float for the uncertainty statistics (ranked exactly as the float32 scores they return),
+// double for BALD (a difference of entropies, kept in double precision).
+template <class Key>
+struct CandidateOf {
+  Key key;
   int64_t index;
 };
+using Candidate = CandidateOf<float>;
 
-inline bool ranks_before(const Candidate& a, const Candidate& b) {
+template <class Key>
+inline bool ranks_before(const CandidateOf<Key>& a, const CandidateOf<Key>& b) {
   return a.key > b.key || (a.key == b.key && a.index < b.index);
 }
 
 // Keeps the k best candidates offered so far. The heap's front is the weakest one kept, so a
 // candidate that cannot enter costs a single comparison.
-class BoundedTopK {
+template <class Key>
+class BoundedTopKOf {
  public:
-  explicit BoundedTopK(int64_t k = 0) : k_(static_cast<size_t>(k)) {}
+  using Item = CandidateOf<Key>;
+  explicit BoundedTopKOf(int64_t k = 0) : k_(static_cast<size_t>(k)) {}
 
   void reserve(int64_t n) { heap_.reserve(static_cast<size_t>(std::min<int64_t>(n, static_cast<int64_t>(k_)))); }
 
-  void offer(float key, int64_t index) {
+  void offer(Key key, int64_t index) {
     if (k_ == 0) return;
     if (heap_.size() < k_) {
       heap_.push_back({key, index});
-      std::push_heap(heap_.begin(), heap_.end(), ranks_before);
+      std::push_heap(heap_.begin(), heap_.end(), ranks_before<Key>);
       return;
     }
-    const Candidate candidate{key, index};
+    const Item candidate{key, index};
     if (!ranks_before(candidate, heap_.front())) return;
-    std::pop_heap(heap_.begin(), heap_.end(), ranks_before);
+    std::pop_heap(heap_.begin(), heap_.end(), ranks_before<Key>);
     heap_.back() = candidate;
-    std::push_heap(heap_.begin(), heap_.end(), ranks_before);
+    std::push_heap(heap_.begin(), heap_.end(), ranks_before<Key>);
   }
 
-  std::vector<Candidate>& items() { return heap_; }
+  std::vector<Item>& items() { return heap_; }
 
  private:
   size_t k_;
-  std::vector<Candidate> heap_;
+  std::vector<Item> heap_;
 };
+using BoundedTopK = BoundedTopKOf<float>;
 
 // Orders the union of candidate lists and keeps the best k (fewer if fewer were offered).
-inline std::vector<Candidate> best_k(std::vector<Candidate> all, int64_t k) {
+template <class Key>
+std::vector<CandidateOf<Key>> best_k(std::vector<CandidateOf<Key>> all, int64_t k) {
   const auto keep = static_cast<size_t>(std::min<int64_t>(k, static_cast<int64_t>(all.size())));
   if (keep < all.size()) {
-    std::nth_element(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(keep), all.end(), ranks_before);
+    std::nth_element(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(keep), all.end(), ranks_before<Key>);
     all.resize(keep);
   }
-  std::sort(all.begin(), all.end(), ranks_before);
+  std::sort(all.begin(), all.end(), ranks_before<Key>);
   return all;
 }
 

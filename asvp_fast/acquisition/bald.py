@@ -5,26 +5,32 @@ For the T x C probabilities p_t of one row::
 
     BALD = H[mean_t p_t] - mean_t H[p_t]          (natural log, 0 ln 0 = 0)
 
-One streaming pass over the rows: each block of (T, rows, C) samples is widened to float64,
-checked, reduced to one value per row and merged into a running top-k, so no more than one
-block of samples (:data:`CHUNK_BYTES`, 16 MB of float64, and its log) exists at a time,
-whatever the size of the input (a memmap larger than RAM is fine). With ``from_logits`` the
-log-softmax is computed stably (max-subtracted), so the entropies are finite and accurate for any
-finite logits.
+Selection (:func:`bald`) runs the compiled kernel (``csrc/bald_cpu.cpp``, ``csrc/bald.cu``,
+math shared in ``csrc/bald_math.h``): one pass over the samples in place (numpy, memmap or torch
+on either device, any strides), each row's T x C values reduced in double precision straight from
+the stored dtype, the validation of every sample and a streaming top-k together, threads over
+rows. Memory: two C-element buffers per thread; no float64 copy or log of the samples.
 
-Cost: O(T N C) time, O(T x chunk x C + k) memory.
+The NumPy rendering below (:func:`mc_blocks`, :func:`mutual_information`, :func:`bald_scores`)
+streams float64 blocks of :data:`CHUNK_BYTES`; BatchBALD reads its candidates' probabilities
+through it, and the tests and the benchmark use it as the plain reference. With ``from_logits``
+both compute the log-softmax stably (max-subtracted), so entropies are accurate for any finite
+logits.
+
+Cost: O(T N C) time; kernel O(threads x C + k) memory, NumPy O(T x chunk x C + k).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
 
-from ..core.checks import parse_flag
-from .strategy_inputs import (as_array, check_float, common, dtype_name, first_bad_row, like_input,
-                              read_float64, top_k_merge)
+from .. import _C
+from ..core.arrays import Outputs, as_operand, exclusion_mask, resolve_device
+from ..core.checks import is_torch_tensor, parse_flag
+from ..core.progress import row_progress
+from .strategy_inputs import as_array, check_float, common, dtype_name, first_bad_row, like_input, read_float64
 
 __all__ = ["bald", "bald_scores", "mc_blocks", "MIN_SAMPLES"]
 
@@ -148,12 +154,11 @@ def bald(
             (read in 16 MB float64 blocks) or torch tensor on any device.
         k: rows to pick (0: empty result); at most the rows not excluded.
         from_logits: the samples are logits (stable log-softmax).
-        exclude: rows that may not be picked (bool mask (N,) or index array); blocks made only of
-            excluded rows are not read, and excluded rows are not checked.
+        exclude: rows that may not be picked (bool mask (N,) or index array); excluded rows are
+            neither read nor checked.
         validate: check probability rows (NaN/Inf are rejected regardless).
-        device, threads, progress: the contract's (``docs/api.md``). The reduction runs in NumPy on
-            the CPU; ``device`` is checked (an unusable one raises RuntimeError) and decides
-            nothing else.
+        device, threads, progress: the contract's (``docs/api.md``). A CUDA tensor is reduced by
+            the CUDA kernel on its GPU; host input (numpy, memmap, CPU tensor) by the CPU kernel.
 
     Returns:
         int64 (k,): numpy for numpy input, a torch tensor on x's device for torch input.
@@ -166,25 +171,39 @@ def bald(
     x = as_array(x, "x")
     _, n, _ = mc_shape(x)
     call = common(x, n, k, exclude, "exclude", device=device, threads=threads, progress=progress, of="x")
-    picks = select_top(x, call.k, call.rows, from_logits=from_logits, validate=validate, limits=call)
+    picks = select_top(x, call.k, call.rows, from_logits=from_logits, validate=validate, threads=call.threads,
+                       device=device, progress=call.progress)
     return like_input(picks, x)
 
 
-def select_top(x: Any, k: int, excluded_rows: np.ndarray, *, from_logits: bool, validate: bool,
-               limits: Any = None) -> np.ndarray:
-    """Streaming top-k of BALD over the rows not in ``excluded_rows`` (int64, largest first)."""
+def _sample_zero(x: Any) -> "tuple[Any, int]":
+    """Sample 0 of (T, N, C) samples as an (N, C) view, and the distance from one sample to the next
+    in elements (the kernels step through the samples in place)."""
+    if is_torch_tensor(x):
+        return x[0], int(x.stride(0))
+    if x.strides[0] % x.itemsize:
+        x = np.ascontiguousarray(x)
+    return x[0], int(x.strides[0] // x.itemsize)
+
+
+def select_top(x: Any, k: int, excluded_rows: np.ndarray, *, from_logits: bool, validate: bool, threads: int = 0,
+               device: Any = "auto", progress: Optional[bool] = False) -> Any:
+    """The compiled streaming top-k of BALD over the rows not in ``excluded_rows``: numpy int64
+    (k,), largest first, ties to the lower row."""
+    t, n, _ = mc_shape(x)
+    first, sample_stride = _sample_zero(x)
+    op = as_operand(first)
+    use_cuda = resolve_device(device, op) and op.on_cuda  # host input always runs the CPU kernel
+    mask, _ = exclusion_mask(excluded_rows, n, op)
+    outputs = Outputs(op)
+    result, handle = outputs.empty(k, "int64")
     if k == 0:
         return np.empty(0, dtype=np.int64)
-    _, n, _ = mc_shape(x)
-    skip = np.zeros(n, dtype=bool)
-    skip[excluded_rows] = True
-    best_scores, best_rows = np.empty(0), np.empty(0, dtype=np.int64)
-    context = limits.limits() if limits is not None else nullcontext()
-    with context:
-        for start, p, logp in mc_blocks(x, from_logits=from_logits, validate=validate, skip=skip):
-            rows = np.arange(start, start + p.shape[1], dtype=np.int64)
-            scores = mutual_information(p, logp)
-            keep = ~skip[rows]
-            best_scores, best_rows = top_k_merge(best_scores, best_rows, scores[keep], rows[keep], k)
-    return best_rows
-
+    bar = row_progress(progress, op.nbytes * t, n, f"selecting {k} by BALD")
+    try:
+        _C.bald(op.handle, t, sample_stride, from_logits, validate, mask, None, handle, k, threads,
+                CHUNK_BYTES, use_cuda, outputs.cuda_stream(), bar, workspace=outputs.workspace())
+    finally:
+        if bar is not None:
+            bar.close()
+    return result.cpu().numpy() if is_torch_tensor(result) else result

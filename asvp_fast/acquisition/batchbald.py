@@ -126,7 +126,8 @@ def batchbald_select(x: Any, k: int, *, from_logits: bool = False, exclude: Any 
         if candidates is None:
             rows = np.setdiff1d(np.arange(n, dtype=np.int64), call.rows)
         else:
-            rows = np.sort(select_top(x, pool, call.rows, from_logits=from_logits, validate=validate))
+            rows = np.sort(select_top(x, pool, call.rows, from_logits=from_logits, validate=validate,
+                                      threads=call.threads))
         probs = _candidate_probabilities(x, rows, from_logits=from_logits, validate=validate, excluded=call.rows)
         picks, values, exact = greedy(probs, call.k, exact_configs=exact_configs, samples=samples,
                                       rng=np.random.default_rng(seed))
