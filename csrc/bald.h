@@ -31,7 +31,7 @@ struct BaldParams {
   std::function<bool(int64_t, int64_t)> on_progress;
 };
 
-// CPU path (one build for every instruction-set level: double-precision libm math dominates).
+// CPU path: runs the best SIMD variant this processor supports (see cpu_features.h).
 void bald_cpu(const BaldParams& params, RowError& error);
 
 // CUDA path: x, exclude and outputs on one device. Only defined when built with CUDA.

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include "bald.h"
 #include "diversity.h"
 #include "uncertainty.h"
 
@@ -14,6 +15,7 @@ namespace asvp {
   namespace ns {                                                         \
   void uncertainty_cpu_kernel(const UncertaintyParams&, RowError&);      \
   void diversity_cpu_kernel(const DiversityParams&, DiversityStats&);    \
+  void bald_cpu_kernel(const BaldParams&, RowError&);                    \
   }
 ASVP_DECLARE_VARIANT(isa_base)
 #if defined(ASVP_HAVE_AVX2)
@@ -107,6 +109,18 @@ void diversity_cpu(const DiversityParams& params, DiversityStats& stats) {
     case Isa::Avx2: return isa_avx2::diversity_cpu_kernel(params, stats);
 #endif
     default: return isa_base::diversity_cpu_kernel(params, stats);
+  }
+}
+
+void bald_cpu(const BaldParams& params, RowError& error) {
+  switch (active()) {
+#if defined(ASVP_HAVE_AVX512)
+    case Isa::Avx512: return isa_avx512::bald_cpu_kernel(params, error);
+#endif
+#if defined(ASVP_HAVE_AVX2)
+    case Isa::Avx2: return isa_avx2::bald_cpu_kernel(params, error);
+#endif
+    default: return isa_base::bald_cpu_kernel(params, error);
   }
 }
 

@@ -35,6 +35,26 @@ ASVP_HD uint32_t float_to_bits(float f) {
 #endif
 }
 
+ASVP_HD double bits_to_double(uint64_t u) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(u));
+#else
+  double d;
+  std::memcpy(&d, &u, sizeof d);
+  return d;
+#endif
+}
+
+ASVP_HD uint64_t double_to_bits(double d) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<uint64_t>(__double_as_longlong(d));
+#else
+  uint64_t u;
+  std::memcpy(&u, &d, sizeof u);
+  return u;
+#endif
+}
+
 template <class T>
 ASVP_HD T max_of(T a, T b) { return a > b ? a : b; }
 template <class T>

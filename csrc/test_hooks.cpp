@@ -4,9 +4,11 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
+#include "bald_math.h"
 #include "diversity_math.h"
 #include "gpu_renderings.h"
 #include "radix_select.h"
@@ -148,6 +150,91 @@ int64_t d2_draw_definition(const py::array_t<float, py::array::c_style | py::arr
   return d2_draw(u, n, blocks, group_w, block_w, seg_w, row_w);
 }
 
+// BALD's polynomial e^x or ln x (bald_math.h) element-wise, against libm in the tests.
+py::array_t<double> bald_elementary(const py::array_t<double, py::array::c_style | py::array::forcecast>& x,
+                                    const std::string& which) {
+  require(which == "exp" || which == "log", "which must be 'exp' or 'log'");
+  std::vector<double> out = to_vector(x);
+  for (double& v : out) v = which == "exp" ? bald_exp(v) : bald_log(v);
+  return to_array(out);
+}
+
+// The 32 lanes of a warp after the CUDA kernel's butterfly merge: lane 0's summary.
+BaldSample butterfly_merge(std::vector<BaldSample> lanes) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    std::vector<BaldSample> next(lanes);
+    for (int l = 0; l < 32; ++l) merge_bald_sample(next[static_cast<size_t>(l)], lanes[static_cast<size_t>(l ^ offset)]);
+    lanes.swap(next);
+  }
+  return lanes[0];
+}
+
+double butterfly_sum(std::vector<double> lanes) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    std::vector<double> next(lanes);
+    for (int l = 0; l < 32; ++l) next[static_cast<size_t>(l)] += lanes[static_cast<size_t>(l ^ offset)];
+    lanes.swap(next);
+  }
+  return lanes[0];
+}
+
+// BALD of every row of float64 (T, N, C) samples in the CUDA kernel's order (bald.cu: lane l of
+// 32 takes columns l, l + 32, ...; butterfly merges), run on the host; NaN for a bad row.
+py::array_t<double> bald_warp_rendering(const py::array_t<double, py::array::c_style | py::array::forcecast>& x,
+                                        bool from_logits, bool validate, double sum_tolerance) {
+  require(x.ndim() == 3, "x must be (T, N, C)");
+  const int64_t T = x.shape(0), N = x.shape(1), C = x.shape(2);
+  const double* data = x.data();
+  std::vector<double> out(static_cast<size_t>(N));
+  for (int64_t r = 0; r < N; ++r) {
+    std::vector<double> sums(static_cast<size_t>(C), 0.0);
+    double entropy_sum = 0.0;
+    bool bad = false;
+    for (int64_t t = 0; t < T && !bad; ++t) {
+      const double* row = data + (t * N + r) * C;
+      std::vector<BaldSample> lanes(32, bald_sample_identity());
+      for (int l = 0; l < 32; ++l)
+        for (int64_t c = l; c < C; c += 32) {
+          if (from_logits) bald_push_logit_pass1(lanes[static_cast<size_t>(l)], row[c]);
+          else bald_push_probability(lanes[static_cast<size_t>(l)], row[c]);
+        }
+      BaldSample s = butterfly_merge(lanes);
+      if (from_logits && s.nonfinite == 0.0) {
+        std::vector<BaldSample> terms(32, bald_sample_identity());
+        for (int l = 0; l < 32; ++l) {
+          terms[static_cast<size_t>(l)].max = s.max;
+          for (int64_t c = l; c < C; c += 32) bald_push_logit_pass2(terms[static_cast<size_t>(l)], row[c]);
+        }
+        const BaldSample merged = butterfly_merge(terms);
+        s.sum = merged.sum;
+        s.aux = merged.aux;
+      }
+      if (check_bald_sample(s, from_logits, validate, sum_tolerance) != RowProblem::None) {
+        bad = true;
+        break;
+      }
+      entropy_sum += bald_sample_entropy(s, from_logits);
+      for (int64_t c = 0; c < C; ++c) {
+        double value = row[c];
+        if (from_logits) {
+          BaldSample scratch = s;
+          value = bald_push_logit_pass2(scratch, row[c]);
+        }
+        sums[static_cast<size_t>(c)] += bald_probability(value, s, from_logits);
+      }
+    }
+    if (bad) {
+      out[static_cast<size_t>(r)] = NAN;
+      continue;
+    }
+    std::vector<double> parts(32, 0.0);
+    for (int l = 0; l < 32; ++l)
+      for (int64_t c = l; c < C; c += 32) parts[static_cast<size_t>(l)] += bald_mean_entropy_term(sums[static_cast<size_t>(c)], T);
+    out[static_cast<size_t>(r)] = bald_value(butterfly_sum(parts), entropy_sum, T);
+  }
+  return to_array(out);
+}
+
 }  // namespace
 
 void register_test_hooks(py::module_& m) {
@@ -164,6 +251,10 @@ void register_test_hooks(py::module_& m) {
         "The hierarchical D² draw the CPU engine uses (for tests).");
   m.def("uniform01", &uniform01, py::arg("seed"), py::arg("counter"),
         "The kernels' counter-based uniform draw (for tests).");
+  m.def("bald_elementary", &bald_elementary, py::arg("x"), py::arg("which"),
+        "BALD's polynomial exp or log, element-wise (for tests).");
+  m.def("bald_warp_rendering", &bald_warp_rendering, py::arg("x"), py::arg("from_logits"), py::arg("validate"),
+        py::arg("sum_tolerance"), "The CUDA BALD kernel's arithmetic order run on the host (for tests).");
   m.def("scale_to_count", &scale_to_count, py::arg("u"), py::arg("n"), "floor(u * n) clamped to n - 1 (for tests).");
 }
 

@@ -177,3 +177,33 @@ def test_cuda_kernel_matches_the_cpu_kernel():
         got = af.bald(tensor, 64, from_logits=from_logits, exclude=exclude, validate=False)
         assert got.device.type == "cuda"
         assert got.cpu().tolist() == want.tolist()
+
+
+def test_polynomial_exp_and_log_are_accurate_to_a_few_ulp():
+    rng = np.random.default_rng(11)
+    x = np.concatenate([-rng.random(20000) * 708, [0.0, -708.0, -1e-300, -0.5 * np.log(2), -745.0]])
+    want = np.exp(np.maximum(x, -708.0))
+    np.testing.assert_allclose(_C.bald_elementary(x, "exp"), want, rtol=4e-16, atol=0)
+    y = np.concatenate([np.exp(rng.uniform(-700, 700, 20000)), [1.0, 2.0, 0.5, np.sqrt(2), 2.2250738585072014e-308,
+                                                                   1.7976931348623157e308]])
+    got = _C.bald_elementary(y, "log")
+    np.testing.assert_allclose(got, np.log(y), rtol=4e-16, atol=4e-16)
+    assert _C.bald_elementary(np.array([1.0]), "log")[0] == 0.0
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_the_cuda_kernels_order_of_arithmetic_gives_the_cpu_values(from_logits):
+    # The host rendering of bald.cu (32 lanes over the columns, butterfly merges) against the CPU
+    # kernel: same values to rounding, exact ties for duplicated rows, the same bad row.
+    rng = np.random.default_rng(12)
+    for c in (1, 3, 31, 32, 33, 100):
+        x = _samples(rng, 5, 60, c, "float64", from_logits)
+        x[:, 50:53] = x[:, [7]]
+        rendered = _C.bald_warp_rendering(x, from_logits, True, 1e-3)
+        _, scores = _kernel(x, 0, from_logits=from_logits)
+        np.testing.assert_allclose(rendered, scores, rtol=1e-12, atol=1e-15)
+        assert len(set(rendered[[7, 50, 51, 52]].tolist())) == 1
+    x = _samples(rng, 3, 10, 4, "float64", False)
+    x[1, 4] *= 2
+    assert np.isnan(_C.bald_warp_rendering(x, False, True, 1e-3)[4])
+    assert not np.isnan(_C.bald_warp_rendering(x, False, True, 1e-3)[[0, 1, 2, 3, 5]]).any()
