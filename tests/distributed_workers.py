@@ -96,6 +96,14 @@ def _scenarios():
                                                  group=g))
     add("uncertain_torch", b_small, lambda: torch.from_numpy(_probs(7, 1500, 4)),
         lambda x, g, lo, hi: af.select_uncertain(x[lo:hi], 50, "entropy", group=g))
+    mc = lambda: np.random.default_rng(14).dirichlet(np.full(6, 0.5), (5, 1500))  # noqa: E731
+    add("bald", b_tiny, mc, lambda x, g, lo, hi: af.bald(x[:, lo:hi], 70, group=g))
+    add("bald_exclude_empty_shard", b_small, mc,
+        lambda x, g, lo, hi: af.bald(x[:, lo:hi], 200, exclude=_local(ex, lo, hi) if g else ex, group=g))
+    add("bald_ties", b_tiny, lambda: np.repeat(np.random.default_rng(15).dirichlet(np.ones(3), (4, 50)), 30, axis=1),
+        lambda x, g, lo, hi: af.bald(x[:, lo:hi], 120, group=g))  # 50 distinct rows, each 30 times
+    add("bald_logits_torch", b_small, lambda: torch.from_numpy(np.random.default_rng(16).standard_normal((4, 1500, 9))),
+        lambda x, g, lo, hi: af.bald(x[:, lo:hi], 40, from_logits=True, group=g))
     return s
 
 

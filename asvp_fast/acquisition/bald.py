@@ -28,8 +28,9 @@ import numpy as np
 
 from .. import _C
 from ..core.arrays import Outputs, as_operand, exclusion_mask, resolve_device
-from ..core.checks import is_torch_tensor, parse_flag
+from ..core.checks import is_torch_tensor, parse_count, parse_flag
 from ..core.progress import row_progress
+from .distributed import select_uncertain_sharded
 from .strategy_inputs import as_array, check_float, common, dtype_name, first_bad_row, like_input, read_float64
 
 __all__ = ["bald", "bald_scores", "mc_blocks", "MIN_SAMPLES"]
@@ -144,6 +145,7 @@ def bald(
     device: Any = "auto",
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
+    group: Any = None,
 ) -> Any:
     """The ``k`` rows of largest BALD mutual information, largest first, ties to the lower row.
 
@@ -159,6 +161,11 @@ def bald(
         validate: check probability rows (NaN/Inf are rejected regardless).
         device, threads, progress: the contract's (``docs/api.md``). A CUDA tensor is reduced by
             the CUDA kernel on its GPU; host input (numpy, memmap, CPU tensor) by the CPU kernel.
+        group: a torch.distributed process group, or None. With a group, ``x`` is this rank's
+            shard of the rows, (T, N_rank, C) (ranks hold consecutive rows in rank order),
+            ``exclude`` is local to it, and the result is global row numbers, the same on every
+            rank and equal to one process's answer on the whole pool (each rank's top k, merged
+            by value with ties to the lower global row).
 
     Returns:
         int64 (k,): numpy for numpy input, a torch tensor on x's device for torch input.
@@ -169,11 +176,45 @@ def bald(
     """
     from_logits, validate = parse_flag(from_logits, "from_logits"), parse_flag(validate, "validate")
     x = as_array(x, "x")
+    if group is not None:
+        return select_uncertain_sharded(group, x, True, lambda: _shard_top(
+            x, k, exclude, from_logits=from_logits, validate=validate, device=device, threads=threads,
+            progress=progress), score_dtype=np.float64)
     _, n, _ = mc_shape(x)
     call = common(x, n, k, exclude, "exclude", device=device, threads=threads, progress=progress, of="x")
     picks = select_top(x, call.k, call.rows, from_logits=from_logits, validate=validate, threads=call.threads,
                        device=device, progress=call.progress)
     return like_input(picks, x)
+
+
+def _shard_top(x: Any, k: Any, exclude: Any, *, from_logits: bool, validate: bool, device: Any, threads: Any,
+               progress: Any) -> Any:
+    """This rank's part of a sharded call: (k, rows, rows that may be picked, its best
+    min(k, pickable) local rows, their BALD values)."""
+    _, n, _ = mc_shape(x)
+    kk = parse_count(k)
+    call = common(x, n, 0, exclude, "exclude", device=device, threads=threads, progress=progress, of="x")
+    take = min(kk, n - call.rows.size)
+    local = select_top(x, take, call.rows, from_logits=from_logits, validate=validate, threads=call.threads,
+                       device=device, progress=call.progress)
+    return kk, n, n - call.rows.size, local, values_of_rows(x, local, from_logits=from_logits, validate=validate)
+
+
+def values_of_rows(x: Any, rows: np.ndarray, *, from_logits: bool, validate: bool) -> np.ndarray:
+    """float64 BALD of the given rows, by the CPU kernel on a copy of just those rows (a row's value
+    depends only on its own samples, so it equals the value the kernel ranked it by on the CPU)."""
+    if is_torch_tensor(x):
+        import torch
+
+        part = x[:, torch.as_tensor(rows, device=x.device)]
+        part = (part.float() if part.dtype == torch.bfloat16 else part).detach().cpu().numpy()  # exact widening
+    else:
+        part = np.take(x, rows, axis=1)
+    scores = np.zeros(rows.size, dtype=np.float64)
+    if rows.size:
+        first, stride = _sample_zero(part)
+        _C.bald(first, part.shape[0], stride, from_logits, validate, None, scores, None, 0, 0, CHUNK_BYTES, False, 0)
+    return scores
 
 
 def _sample_zero(x: Any) -> "tuple[Any, int]":

@@ -7,8 +7,9 @@ numbers, the same on every rank and the same as one process on the whole pool wi
 Per pick only a few small collectives run (candidate pairs, 32-entry sums, one centre vector);
 nothing of size N is moved.
 
-- Uncertainty: each rank's streaming top-k (the native kernel), then all k candidates of every
-  rank merged with the global rule (score order of the float32 scores, ties to the lower row).
+- Uncertainty and BALD: each rank's streaming top-k (the native kernel), then all k candidates
+  of every rank merged with the global rule (order of the scores the kernel ranks by, float32
+  statistics or float64 BALD values, ties to the lower row).
 - k-center: the farthest (distance, global row) of every rank, the largest taken with ties to the
   lower row; the owner broadcasts the centre's vector and every rank updates its distances.
 - k-means++ and BADGE: the single process's draw walks a fixed hierarchy of float64 sums
@@ -151,17 +152,19 @@ def as_result(values: np.ndarray, like: Any) -> Any:
 # Uncertainty
 
 def select_uncertain_sharded(group: Any, like: Any, largest_first: bool,
-                             local_top: Callable[[], Tuple[int, int, int, Any, Any]]) -> Any:
+                             local_top: Callable[[], Tuple[int, int, int, Any, Any]],
+                             score_dtype: Any = np.float32) -> Any:
     """Global top-k of a sharded pool. ``local_top()`` checks this rank's arguments, runs the
     kernel on its shard and returns (k, rows, rows that may be picked, the shard's best
-    min(k, pickable) local rows, their float32 scores); all ranks' candidates travel in the one
-    all-gather that also checks the arguments."""
+    min(k, pickable) local rows, their scores); all ranks' candidates travel in the one
+    all-gather that also checks the arguments. ``score_dtype``: the type the kernel ranks by
+    (float32 statistics; float64 for BALD), so the merge compares exactly what it compared."""
     shards = Shards(group)
 
     def check() -> Tuple[Any, Dict[str, Any]]:
         k, rows, available, local, values = local_top()
         local = np.asarray(_to_numpy(local), dtype=np.int64)
-        values = np.asarray(_to_numpy(values), dtype=np.float32)
+        values = np.asarray(_to_numpy(values), dtype=score_dtype)
         return None, {"k": k, "rows": rows, "available": available, "local": local, "scores": values}
 
     _, summaries = shards.agree(check, ("k",))
