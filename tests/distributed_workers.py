@@ -104,6 +104,12 @@ def _scenarios():
         lambda x, g, lo, hi: af.bald(x[:, lo:hi], 120, group=g))  # 50 distinct rows, each 30 times
     add("bald_logits_torch", b_small, lambda: torch.from_numpy(np.random.default_rng(16).standard_normal((4, 1500, 9))),
         lambda x, g, lo, hi: af.bald(x[:, lo:hi], 40, from_logits=True, group=g))
+    add("batchbald", b_tiny, mc, lambda x, g, lo, hi: af.batchbald(x[:, lo:hi], 6, group=g))  # exact, then sampled
+    add("batchbald_candidates_exclude", b_small, mc,
+        lambda x, g, lo, hi: af.batchbald(x[:, lo:hi], 5, candidates=40, seed=3, exact_configs=30, samples=200,
+                                          exclude=_local(ex, lo, hi) if g else ex, group=g))
+    add("batchbald_ties", b_tiny, lambda: np.repeat(np.random.default_rng(15).dirichlet(np.ones(3), (4, 50)), 30, axis=1),
+        lambda x, g, lo, hi: af.batchbald(x[:, lo:hi], 4, group=g))
     return s
 
 

@@ -43,7 +43,8 @@ def answers(request, tmp_path_factory):
     "kcenter_ties", "kcenter_labelled", "kcenter_k_over_shard", "uncertain_margin", "uncertain_entropy",
     "uncertain_least_confidence", "uncertain_exclude", "uncertain_torch", "scores_local", "badge",
     "badge_tiny_exclude", "badge_ties", "kmeans_pp_base_isa", "badge_base_isa", "kcenter_labelled_base_isa",
-    "bald", "bald_exclude_empty_shard", "bald_ties", "bald_logits_torch"])
+    "bald", "bald_exclude_empty_shard", "bald_ties", "bald_logits_torch", "batchbald",
+    "batchbald_candidates_exclude", "batchbald_ties"])
 def test_every_rank_gets_the_single_process_picks(answers, name):
     world, per_rank = answers
     if name == "scores_local":  # elementwise: each rank gets its own shard's scores

@@ -98,6 +98,13 @@ class Shards:
         self.dist.broadcast(t, src=self.global_ranks[owner], group=self.group)
         return t.numpy()
 
+    @_collective
+    def broadcast_values(self, values: Optional[np.ndarray], owner: int, size: int) -> np.ndarray:
+        """float64 (size,) from the rank ``owner`` (the others pass None)."""
+        t = self.torch.from_numpy(values.astype(np.float64) if values is not None else np.zeros(size))
+        self.dist.broadcast(t, src=self.global_ranks[owner], group=self.group)
+        return t.numpy()
+
     # -- agreement -----------------------------------------------------------------------------
     def agree(self, prepare: Callable[[], Tuple[Any, Dict[str, Any]]], same: Tuple[str, ...]) -> Tuple[Any, List[Dict]]:
         """Runs this rank's checks; every rank raises when any rank's failed. ``prepare`` returns
