@@ -185,3 +185,12 @@ def test_cli_output_into_a_closed_pipe_ends_quietly(monkeypatch):
             stream.close()
         except BrokenPipeError:
             pass
+
+
+def test_python_dash_m_runs_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "asvp_fast", "--help"], cwd=tmp_path, capture_output=True, text=True,
+                         check=True)
+    assert "usage: asvp-fast" in out.stdout
