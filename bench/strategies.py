@@ -15,6 +15,10 @@ References (written here from the papers and the libraries' published designs, n
 * Cluster-Margin: ``sklearn.cluster.AgglomerativeClustering(linkage="average")`` on the whole pool
   (its N x N distance matrix), margins from a NumPy sort.
 
+Ours: BALD is the compiled kernel (``csrc/bald_cpu.cpp``: each row's T x C values read once in
+their stored dtype, one vector loop of double-precision exp/log polynomials, a streaming top-k);
+BatchBALD, TypiClust, ProbCover and Cluster-Margin are NumPy + faiss.
+
 Where a reference cannot run at a size, the row says "not run" with the memory it would need,
 computed, not attempted. Timings: the best of two runs for asvp_fast, a single run for the
 references; 'peak extra MB' is anonymous resident memory
