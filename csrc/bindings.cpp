@@ -326,6 +326,45 @@ void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool v
   if (error.row >= 0) throw py::value_error(describe(error));
 }
 
+using FloatRows = py::array_t<float, py::array::c_style>;
+
+// Sharded selection's per-pick update of this rank's distances (see ShardFoldIn): float32
+// C-contiguous arrays, r updated in place; the GIL is released.
+void run_shard_fold_in(const FloatRows& x, const FloatRows& centre, FloatRows r, const py::object& probs_obj,
+                       const py::object& y_obj, const py::object& qn_obj, const py::object& hn_obj, int64_t threads) {
+  require(x.ndim() == 2, "x must be 2-dimensional (rows x d)");
+  require(r.ndim() == 1 && r.shape(0) == x.shape(0), "r must have one entry per row of x");
+  require(r.writeable(), "r must be writable");
+  ShardFoldIn a;
+  a.m = x.shape(0);
+  a.d = x.shape(1);
+  a.x = x.data();
+  a.r = r.mutable_data();
+  a.centre = centre.data();
+  a.threads = clamp_threads(threads);
+  FloatRows probs, qn, hn;
+  py::array_t<int64_t, py::array::c_style> y;
+  if (!probs_obj.is_none()) {
+    probs = probs_obj.cast<FloatRows>();
+    y = y_obj.cast<py::array_t<int64_t, py::array::c_style>>();
+    qn = qn_obj.cast<FloatRows>();
+    hn = hn_obj.cast<FloatRows>();
+    require(probs.ndim() == 2 && probs.shape(0) == a.m, "probs must have one row per row of x");
+    a.C = probs.shape(1);
+    require(y.size() == a.m && qn.size() == a.m && hn.size() == a.m, "y, qn and hn must have one entry per row");
+    for (int64_t i = 0; i < a.m; ++i)
+      require(y.data()[i] >= 0 && y.data()[i] < a.C, "y holds a class outside [0, C)");
+    a.probs = probs.data();
+    a.y = y.data();
+    a.qn = qn.data();
+    a.hn = hn.data();
+  }
+  require(centre.ndim() == 1 && centre.shape(0) == (a.probs ? a.C + a.d + 2 : a.d),
+          "centre has the wrong length for this metric");
+  py::gil_scoped_release nogil;
+  shard_fold_in(a);
+}
+
 bool is_float_dtype(DType t) {
   return t == DType::Float16 || t == DType::BFloat16 || t == DType::Float32 || t == DType::Float64;
 }
@@ -580,6 +619,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("use_cuda"), py::arg("stream"), py::arg("progress") = py::none(), py::arg("workspace") = py::none(),
         py::arg("cuda_device") = -1,
         "k-center greedy (0), k-means++ seeding (1) or BADGE (2). Picks are written in place; returns work counts.");
+  m.def("shard_fold_in", &asvp::run_shard_fold_in, py::arg("x"), py::arg("centre"), py::arg("r"),
+        py::arg("probs") = py::none(), py::arg("y") = py::none(), py::arg("qn") = py::none(),
+        py::arg("hn") = py::none(), py::arg("threads") = 0,
+        "Sharded selection's per-pick distance update with the kernel's own distances (GIL released).");
   m.def("bald", &asvp::run_bald, py::arg("x"), py::arg("samples"), py::arg("sample_stride"), py::arg("from_logits"),
         py::arg("validate"), py::arg("exclude"), py::arg("scores_out"), py::arg("indices_out"), py::arg("k"),
         py::arg("threads"), py::arg("chunk_bytes"), py::arg("use_cuda"), py::arg("stream"),

@@ -16,6 +16,7 @@ namespace asvp {
   void uncertainty_cpu_kernel(const UncertaintyParams&, RowError&);      \
   void diversity_cpu_kernel(const DiversityParams&, DiversityStats&);    \
   void bald_cpu_kernel(const BaldParams&, RowError&);                    \
+  void shard_fold_in_kernel(const ShardFoldIn&);                         \
   }
 ASVP_DECLARE_VARIANT(isa_base)
 #if defined(ASVP_HAVE_AVX2)
@@ -121,6 +122,18 @@ void bald_cpu(const BaldParams& params, RowError& error) {
     case Isa::Avx2: return isa_avx2::bald_cpu_kernel(params, error);
 #endif
     default: return isa_base::bald_cpu_kernel(params, error);
+  }
+}
+
+void shard_fold_in(const ShardFoldIn& params) {
+  switch (active()) {
+#if defined(ASVP_HAVE_AVX512)
+    case Isa::Avx512: return isa_avx512::shard_fold_in_kernel(params);
+#endif
+#if defined(ASVP_HAVE_AVX2)
+    case Isa::Avx2: return isa_avx2::shard_fold_in_kernel(params);
+#endif
+    default: return isa_base::shard_fold_in_kernel(params);
   }
 }
 

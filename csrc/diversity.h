@@ -56,6 +56,25 @@ struct DiversityStats {
 };
 
 // CPU path: the best SIMD variant this processor supports (see cpu_features.h).
+// One pick of sharded selection (acquisition/sharded_diversity.py) on this rank's rows: for every
+// row i with r[i] > 0, r[i] = min(r[i], distance(centre, row i)), with the kernel's own distance
+// functions (so the result is bit for bit the single-process kernel's). Euclidean when probs is
+// null (centre: d floats); else BADGE's factorised distance from probabilities (centre: q (C),
+// h (d), |q|^2, |h|^2; y, qn, hn: each row's predicted class, |q|^2 and |h|^2). Row-major float32.
+struct ShardFoldIn {
+  const float* x = nullptr;      // m x d features
+  const float* probs = nullptr;  // m x C probabilities (BADGE) or null
+  const int64_t* y = nullptr;
+  const float* qn = nullptr;
+  const float* hn = nullptr;
+  const float* centre = nullptr;
+  float* r = nullptr;            // m distances, updated in place
+  int64_t m = 0, d = 0, C = 0;
+  int threads = 0;
+};
+
+void shard_fold_in(const ShardFoldIn& params);
+
 void diversity_cpu(const DiversityParams& params, DiversityStats& stats);
 
 // CUDA path (inputs on the host or the device). Only defined when built with CUDA.

@@ -772,6 +772,23 @@ void run_badge_for_scores(const DiversityParams& p, DiversityStats& st) {
 
 }  // namespace
 
+void shard_fold_in_kernel(const ShardFoldIn& a) {
+  const int threads = a.threads > 0 ? a.threads : omp_get_max_threads();
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t i = 0; i < a.m; ++i) {
+    if (!(a.r[i] > 0.0f)) continue;
+    float distance;
+    if (a.probs == nullptr) {
+      distance = sq_distance(a.centre, a.x + i * a.d, a.d);  // Euclidean::distance
+    } else {  // Badge::distance for probabilities: p . c - c[y], then h . c, combined
+      const float q = dot(a.probs + i * a.C, a.centre, a.C) - a.centre[a.y[i]];
+      const float h = dot(a.x + i * a.d, a.centre + a.C, a.d);
+      distance = badge_sq_distance(a.centre[a.C + a.d], a.centre[a.C + a.d + 1], a.qn[i], a.hn[i], q, h);
+    }
+    a.r[i] = std::min(a.r[i], distance);
+  }
+}
+
 void diversity_cpu_kernel(const DiversityParams& p, DiversityStats& st) {
   if (p.method == DiversityMethod::Badge) {
     switch (p.scores.dtype) {

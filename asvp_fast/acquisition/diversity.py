@@ -160,7 +160,7 @@ def diversity_select(
     """
     if group is not None:
         return _sharded(method, features, k, x=x, from_logits=from_logits, labeled=labeled, exclude=exclude, seed=seed,
-                        validate=validate, group=group)
+                        validate=validate, group=group, threads=threads)
     code = _CODES[parse_choice(method, tuple(_CODES), "method")]
     from_logits, validate = parse_flag(from_logits, "from_logits"), parse_flag(validate, "validate")
     prune = parse_flag(prune, "prune")
@@ -212,7 +212,7 @@ def _host_float32(features: Any) -> np.ndarray:
 
 
 def _sharded(method: str, features: Any, k: Any, *, x: Any, from_logits: Any, labeled: Any, exclude: Any,
-             seed: Any, validate: Any, group: Any) -> DiversityResult:
+             seed: Any, validate: Any, group: Any, threads: Any = None) -> DiversityResult:
     """:func:`diversity_select` over row shards (asvp_fast.acquisition.distributed)."""
     parse_choice(method, tuple(_CODES), "method")
 
@@ -231,7 +231,7 @@ def _sharded(method: str, features: Any, k: Any, *, x: Any, from_logits: Any, la
         excluded = np.empty(0, dtype=np.int64) if exclude is None else parse_rows(exclude, n, "exclude",
                                                                                  of="features")
         prepared = {"k": parse_count(k), "seed": parse_seed(seed), "labeled": lab, "excluded": excluded,
-                    "fma": _C.build_info()["isa"] != "base"}
+                    "fma": _C.build_info()["isa"] != "base", "threads": parse_threads(threads)}
         rows = _host_float32(features)
         read = np.ones(n, dtype=bool)
         read[excluded] = False

@@ -2,7 +2,10 @@
 
 See :mod:`asvp_fast.acquisition.distributed` for the conventions. Each rank keeps r, the squared
 distance of each of its rows to the nearest centre so far (-1 for rows that may not be picked),
-computed with the CPU kernel's float32 arithmetic (:mod:`.sharded_math`). Per pick:
+updated per pick by the compiled ``_C.shard_fold_in`` with the CPU kernel's own distance
+functions (the active instruction-set variant's, so bit for bit the single-process values;
+:mod:`.sharded_math` renders the same arithmetic in NumPy for the tests and BADGE's per-row
+norms). Per pick:
 
 - k-center: one all-gather of (farthest distance, global row) pairs;
 - k-means++ and BADGE (after its first pick, the largest gradient embedding: one all-gather):
@@ -18,24 +21,23 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .. import _C
 from . import sharded_math as sm
 from .distributed import Shards, as_result
-
-_ROW_CHUNK = 4096  # rows per NumPy distance pass (bounds the temporaries)
 
 
 class Euclidean:
     """Squared Euclidean distances of a shard's float32 rows (the kernel's ``sq_distance``)."""
 
     def __init__(self, features: np.ndarray, fma: bool):
-        self.x, self.fma = features, fma
+        self.x, self.fma = np.ascontiguousarray(features, dtype=np.float32), fma
         self.dense_size = features.shape[1]
 
     def centre(self, local: int) -> np.ndarray:
         return np.ascontiguousarray(self.x[local])
 
-    def distances(self, centre: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return sm.sq_distances(self.x[rows], centre, self.fma)
+    def fold_in(self, centre: np.ndarray, r: np.ndarray, threads: int) -> None:
+        _C.shard_fold_in(self.x, np.ascontiguousarray(centre, dtype=np.float32), r, threads=threads)
 
 
 class Badge:
@@ -43,14 +45,16 @@ class Badge:
     per row the predicted class, |q|^2 and |h|^2; a centre is (q, h, |q|^2, |h|^2)."""
 
     def __init__(self, probs: np.ndarray, features: np.ndarray, fma: bool):
-        self.p, self.h, self.fma = probs, features, fma
+        self.p = np.ascontiguousarray(probs, dtype=np.float32)
+        self.h = np.ascontiguousarray(features, dtype=np.float32)
+        self.fma = fma
         self.C, self.d = probs.shape[1], features.shape[1]
         self.dense_size = self.C + self.d + 2
         self.y = np.argmax(probs, axis=1) if probs.shape[0] else np.empty(0, dtype=np.int64)
-        q = probs.copy()
+        q = self.p.copy()
         q[np.arange(q.shape[0]), self.y] -= np.float32(1.0)
         self.qn = sm.dots(q, q, fma) if q.shape[0] else np.empty(0, np.float32)
-        self.hn = sm.dots(features, features, fma) if q.shape[0] else np.empty(0, np.float32)
+        self.hn = sm.dots(self.h, self.h, fma) if q.shape[0] else np.empty(0, np.float32)
 
     def embedding_sq_norms(self) -> np.ndarray:
         return self.qn.astype(np.float64) * self.hn.astype(np.float64)
@@ -60,34 +64,25 @@ class Badge:
         q[self.y[local]] -= np.float32(1.0)
         return np.concatenate([q, self.h[local], [self.qn[local], self.hn[local]]]).astype(np.float32)
 
-    def distances(self, centre: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        C, d = self.C, self.d
-        q_dot = sm.dots(self.p[rows], centre[:C], self.fma) - centre[:C][self.y[rows]]
-        h_dot = sm.dots(self.h[rows], centre[C:C + d], self.fma)
-        return sm.badge_sq_distances(centre[C + d], centre[C + d + 1], self.qn[rows], self.hn[rows], q_dot, h_dot)
+    def fold_in(self, centre: np.ndarray, r: np.ndarray, threads: int) -> None:
+        _C.shard_fold_in(self.h, np.ascontiguousarray(centre, dtype=np.float32), r, self.p, self.y,
+                         np.ascontiguousarray(self.qn, dtype=np.float32), np.ascontiguousarray(self.hn, dtype=np.float32),
+                         threads=threads)
 
 
 class ShardState:
     """This rank's rows and distances."""
 
-    def __init__(self, shards: Shards, metric: Any, rows: int, unavailable: np.ndarray):
-        self.s, self.m = shards, metric
+    def __init__(self, shards: Shards, metric: Any, rows: int, unavailable: np.ndarray, threads: int = 0):
+        self.s, self.m, self.threads = shards, metric, threads
         self.r = np.full(rows, np.inf, dtype=np.float32)
         self.r[unavailable] = -1.0
 
-    def distances(self, centre: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        out = np.empty(rows.size, dtype=np.float32)
-        for start in range(0, rows.size, _ROW_CHUNK):
-            part = rows[start:start + _ROW_CHUNK]
-            out[start:start + part.size] = self.m.distances(centre, part)
-        return out
-
     def fold_in(self, centre: np.ndarray) -> None:
-        """r = min(r, distance to the new centre) for every candidate (the kernel skips only rows
-        whose distance could not be smaller, so this is its result)."""
-        rows = np.flatnonzero(self.r > 0)
-        if rows.size:
-            self.r[rows] = np.minimum(self.r[rows], self.distances(centre, rows))
+        """r = min(r, distance to the new centre) for every row with r > 0 (the kernel skips only
+        rows whose distance could not be smaller, so this is its result; rows at 0 stay 0)."""
+        if self.r.size:
+            self.m.fold_in(centre, self.r, self.threads)
 
     def candidates(self) -> int:
         return int(np.count_nonzero(self.r >= 0))
@@ -192,7 +187,8 @@ def diversity_sharded(group: Any, method: str, prepare: Any, like: Any) -> Tuple
 
     ``prepare()`` checks this rank's arguments and returns a dict: ``features`` (float32 rows of
     the shard; BADGE also ``probs``, float32), ``labeled`` and ``excluded`` (local row indices),
-    ``k``, ``seed`` and ``fma`` (the active kernel variant fuses multiply-adds)."""
+    ``k``, ``seed``, ``fma`` (the active kernel variant fuses multiply-adds) and optionally
+    ``threads`` (for the per-pick update; 0: all cores)."""
     shards = Shards(group)
 
     def check() -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -221,7 +217,7 @@ def diversity_sharded(group: Any, method: str, prepare: Any, like: Any) -> Tuple
         metric: Any = Badge(data["probs"], data["features"], data["fma"])
     else:
         metric = Euclidean(data["features"], data["fma"])
-    state = ShardState(shards, metric, data["features"].shape[0], data["unavailable"])
+    state = ShardState(shards, metric, data["features"].shape[0], data["unavailable"], data.get("threads", 0))
     if labelled:
         _start_from_labelled(state, data["labeled"])
     for t in range(k):
@@ -256,8 +252,6 @@ def _start_from_labelled(state: ShardState, labeled: np.ndarray) -> None:
     """Every candidate's distance to its nearest labelled row, the labelled rows (L x d, small)
     gathered from all ranks."""
     vectors: List[Optional[np.ndarray]] = state.s.gather_objects(np.ascontiguousarray(state.m.x[labeled]))
-    rows = np.flatnonzero(state.r >= 0)
     for block in vectors:
         for centre in block:
-            if rows.size:
-                state.r[rows] = np.minimum(state.r[rows], state.distances(centre, rows))
+            state.fold_in(centre)
