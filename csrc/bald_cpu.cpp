@@ -190,11 +190,7 @@ void run_bald(const BaldParams& p, RowError& error) {
   error.cancelled = cancelled;
   if (cancelled || error.row >= 0 || !want_topk) return;
 
-  std::vector<CandidateOf<double>> all;
-  for (BoundedTopKOf<double>& h : heaps) all.insert(all.end(), h.items().begin(), h.items().end());
-  const std::vector<CandidateOf<double>> best = best_k(std::move(all), p.k);
-  int64_t* out = static_cast<int64_t*>(p.indices_out.data);
-  for (size_t i = 0; i < best.size(); ++i) out[static_cast<int64_t>(i) * p.indices_out.strides[0]] = best[i].index;
+  write_best_k(heaps, p.k, p.indices_out);
 }
 
 }  // namespace

@@ -240,4 +240,25 @@ void copy_to_host(T* dst, const T* src, size_t count, cudaStream_t stream) {
   check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
 }
 
+// Writes host `rows` into the (k,) int64 output, on the host or on the device (then synchronised).
+inline void write_indices(const std::vector<int64_t>& rows, const ArrayView& out, cudaStream_t stream) {
+  int64_t* dst = static_cast<int64_t*>(out.data);
+  const int64_t stride = out.strides[0];
+  if (out.device == DeviceKind::CPU) {
+    for (size_t i = 0; i < rows.size(); ++i) dst[static_cast<int64_t>(i) * stride] = rows[i];
+    return;
+  }
+  check_cuda(cudaMemcpy2DAsync(dst, stride * sizeof(int64_t), rows.data(), sizeof(int64_t), sizeof(int64_t),
+                               rows.size(), cudaMemcpyHostToDevice, stream), "cudaMemcpy2DAsync");
+  check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+}
+
+// Copies a host (N,) bool/uint8 mask of any stride into contiguous device memory.
+inline void stage_host_mask(const ArrayView& mask, int64_t n, uint8_t* device_dst, cudaStream_t stream) {
+  std::vector<uint8_t> dense(static_cast<size_t>(n));
+  const uint8_t* src = static_cast<const uint8_t*>(mask.data);
+  for (int64_t i = 0; i < n; ++i) dense[static_cast<size_t>(i)] = src[i * mask.strides[0]];
+  copy_to_device(device_dst, dense.data(), dense.size(), stream);
+}
+
 }  // namespace asvp

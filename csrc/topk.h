@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "array_view.h"
+
 namespace asvp {
 
 // Key: float for the uncertainty statistics (ranked exactly as the float32 scores they return),
@@ -64,6 +66,16 @@ std::vector<CandidateOf<Key>> best_k(std::vector<CandidateOf<Key>> all, int64_t 
   }
   std::sort(all.begin(), all.end(), ranks_before<Key>);
   return all;
+}
+
+// Merges per-thread heaps and writes the best k rows, best first, into `out` ((k,) int64 on the host).
+template <class Key>
+void write_best_k(std::vector<BoundedTopKOf<Key>>& heaps, int64_t k, const ArrayView& out) {
+  std::vector<CandidateOf<Key>> all;
+  for (BoundedTopKOf<Key>& h : heaps) all.insert(all.end(), h.items().begin(), h.items().end());
+  const std::vector<CandidateOf<Key>> best = best_k(std::move(all), k);
+  int64_t* rows = static_cast<int64_t*>(out.data);
+  for (size_t i = 0; i < best.size(); ++i) rows[static_cast<int64_t>(i) * out.strides[0]] = best[i].index;
 }
 
 }  // namespace asvp

@@ -344,12 +344,7 @@ void run_on_device(const UncertaintyParams& p, RowError& error) {
   const size_t o_chunk = arena.plan<char>(on_device ? 0 : static_cast<size_t>(std::min(N, chunk_rows) * pitch));
   arena.allocate();
 
-  if (exclude_on_host) {
-    std::vector<uint8_t> mask(static_cast<size_t>(N));
-    const uint8_t* src = static_cast<const uint8_t*>(p.exclude.data);
-    for (int64_t i = 0; i < N; ++i) mask[static_cast<size_t>(i)] = src[i * p.exclude.strides[0]];
-    copy_to_device(arena.at<uint8_t>(o_exclude), mask.data(), mask.size(), stream);
-  }
+  if (exclude_on_host) stage_host_mask(p.exclude, N, arena.at<uint8_t>(o_exclude), stream);
   unsigned long long* first_bad = arena.at<unsigned long long>(o_bad);
   check_cuda(cudaMemsetAsync(first_bad, 0xff, sizeof(unsigned long long), stream), "cudaMemsetAsync");  // kNoBadRow
 
@@ -404,15 +399,7 @@ void run_on_device(const UncertaintyParams& p, RowError& error) {
 
   const std::vector<int64_t> rows =
       select_top_keys(a.keys, N, p.k, arena.at<unsigned long long>(o_hist), stream, p.device_alloc);
-  int64_t* out = static_cast<int64_t*>(p.indices_out.data);
-  const int64_t out_stride = p.indices_out.strides[0];
-  if (p.indices_out.device == DeviceKind::CPU) {
-    for (size_t i = 0; i < rows.size(); ++i) out[static_cast<int64_t>(i) * out_stride] = rows[i];
-  } else {
-    check_cuda(cudaMemcpy2DAsync(out, out_stride * sizeof(int64_t), rows.data(), sizeof(int64_t), sizeof(int64_t),
-                                 rows.size(), cudaMemcpyHostToDevice, stream), "cudaMemcpy2DAsync");
-    check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  }
+  write_indices(rows, p.indices_out, stream);
 }
 
 }  // namespace

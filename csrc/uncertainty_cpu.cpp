@@ -326,11 +326,7 @@ void run_uncertainty(const UncertaintyParams& p, RowError& error) {
   error.cancelled = cancelled;
   if (cancelled || error.row >= 0 || !want_topk) return;
 
-  std::vector<Candidate> all;
-  for (BoundedTopK& h : heaps) all.insert(all.end(), h.items().begin(), h.items().end());
-  const std::vector<Candidate> best = best_k(std::move(all), p.k);
-  int64_t* out = static_cast<int64_t*>(p.indices_out.data);
-  for (size_t i = 0; i < best.size(); ++i) out[static_cast<int64_t>(i) * p.indices_out.strides[0]] = best[i].index;
+  write_best_k(heaps, p.k, p.indices_out);
 }
 
 }  // namespace
