@@ -77,6 +77,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("ActiveFT needs PyTorch: pip install torch") from exc
 
 from .activeft_pool import normalised_float32, rows_per_tile, unique_nearest_assignment
+from .distributed import refuse_group
 
 __all__ = ["activeft_select", "DEFAULT_TEMPERATURE", "DEFAULT_BALANCE", "MAX_ITERATIONS", "MAX_LR",
            "LossNotFiniteError"]
@@ -127,6 +128,7 @@ def activeft_select(
     device: DeviceLike = "auto",
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
+    group: Any = None,
 ) -> Any:
     """Select ``k`` pool rows with ActiveFT.
 
@@ -209,6 +211,7 @@ def activeft_select(
     scale: with N = 50,000, d = 384 and k = 500 a full-pool iteration is a 9.6 GFLOP product, about 0.5 s
     on one CPU core (300 iterations: about 2.5 minutes); ``batch_size`` divides that cost.
     """
+    refuse_group(group, "activeft_select", "its optimisation couples every row with every centre")
     k = parse_count(k)
     n, _ = _feature_shape(features)
     labelled = _labelled_rows(labeled, n)

@@ -25,6 +25,7 @@ from ..core.checks import is_torch_tensor, parse_flag, parse_int, parse_seed
 from .strategy_inputs import as_array, check_float, common, feature_matrix, like_input
 from .typiclust import kmeans_labels
 from .uncertainty import select_uncertain
+from .distributed import refuse_group
 
 __all__ = ["cluster_margin", "hac_clusters", "EXACT_HAC_MAX", "MICRO_CLUSTERS", "CANDIDATE_FACTOR"]
 
@@ -92,6 +93,7 @@ def cluster_margin(
     device: Any = "auto",
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
+    group: Any = None,
 ) -> Any:
     """``k`` rows by Cluster-Margin, in pick order (int64 following x's library).
 
@@ -106,6 +108,7 @@ def cluster_margin(
         seed: the random candidate a cluster gives on each visit.
         validate, device, threads, progress: as for :func:`asvp_fast.select_uncertain`.
     """
+    refuse_group(group, "cluster_margin", "its clustering spans the whole pool")
     from_logits, validate = parse_flag(from_logits, "from_logits"), parse_flag(validate, "validate")
     x = as_array(x, "x")
     n, _ = check_float(x, "x", 2, "N rows x C classes")

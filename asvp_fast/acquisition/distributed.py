@@ -140,6 +140,14 @@ class Shards:
         return int(np.searchsorted(np.asarray(self.offsets[1:]), row, side="right"))
 
 
+def refuse_group(group: Any, name: str, why: str) -> None:
+    """``group=`` of a strategy with no exact sharded form yet: a clear error instead of a guess."""
+    if group is not None:
+        raise NotImplementedError(
+            f"{name} over row shards (group=) is not implemented: {why}. Gather the pool on one rank, or use a "
+            "strategy that shards exactly (select_uncertain, bald, batchbald, kcenter_greedy, kmeans_pp, badge)")
+
+
 def check_group(group: Any) -> None:
     """``group=`` of a function that needs no communication (elementwise scores)."""
     if group is not None:

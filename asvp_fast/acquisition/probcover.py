@@ -33,6 +33,7 @@ import numpy as np
 from ..core.checks import parse_int, parse_positive_real, parse_real, parse_seed
 from .strategy_inputs import as_array, check_float, common, feature_matrix, like_input
 from .typiclust import kmeans_labels
+from .distributed import refuse_group
 
 __all__ = ["probcover", "purity_delta", "ball_graph", "greedy_coverage", "DEFAULT_PURITY", "PURITY_SAMPLE",
            "DEFAULT_MAX_EDGES"]
@@ -161,6 +162,7 @@ def probcover(
     device: Any = "auto",
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
+    group: Any = None,
 ) -> Any:
     """``k`` rows picked by ProbCover, in pick order (int64 following the input's library).
 
@@ -179,6 +181,7 @@ def probcover(
         ValueError: delta <= 0 (or the purity rule giving 0), a graph past ``max_edges``, and the
             contract's errors.
     """
+    refuse_group(group, "probcover", "its delta-ball graph links rows across shards")
     features = as_array(features, "features")
     n, _ = check_float(features, "features", 2, "N rows x d features")
     call = common(features, n, k, labeled, "labeled", device=device, threads=threads, progress=progress,

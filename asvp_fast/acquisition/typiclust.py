@@ -23,6 +23,7 @@ import numpy as np
 
 from ..core.checks import parse_int, parse_seed
 from .strategy_inputs import as_array, check_float, common, feature_matrix, like_input
+from .distributed import refuse_group
 
 __all__ = ["typiclust", "typicality", "kmeans_labels", "DEFAULT_NEIGHBOURS", "MIN_CLUSTER_SIZE"]
 
@@ -79,6 +80,7 @@ def typiclust(
     device: Any = "auto",
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
+    group: Any = None,
 ) -> Any:
     """``k`` rows picked by TypiClust, in pick order (int64 following the input's library).
 
@@ -94,6 +96,7 @@ def typiclust(
         min_cluster_size: clusters of at most this many rows are used only when no larger one is.
         device, threads, progress: the contract's; k-means and k-NN run in faiss on the CPU.
     """
+    refuse_group(group, "typiclust", "its k-means and in-cluster k-NN span the whole pool")
     features = as_array(features, "features")
     n, _ = check_float(features, "features", 2, "N rows x d features")
     call = common(features, n, k, labeled, "labeled", device=device, threads=threads, progress=progress,
