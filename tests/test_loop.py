@@ -667,6 +667,26 @@ def test_logme_ped_trace_follows_the_labelled_sets(tmp_path):
     assert "| 40 |" in text and "total-evidence units" in text
 
 
+def test_reports_of_a_run_paused_with_a_batch_awaiting_labels(tmp_path):
+    # A paused run (file or Label Studio oracle) ends with a "selected" round whose rows have no
+    # labels yet: the summary does not count them as bought and the LogME-PED trace stops there.
+    from asvp_fast.loop.engine.state import RoundRecord
+    from asvp_fast.loop.reporting import study
+    from asvp_fast.loop.reporting.report import summarise
+
+    cfg = synthetic_config(methods=["random", "svpp"])
+    states = run_seeds(cfg, [3], tmp_path / "s", echo=quiet)
+    before = {s.name: s for s in summarise(states[3], cfg)}
+    trace = study.traces(cfg, states, tmp_path / "s")[3]
+    rounds = states[3].methods["svpp"].rounds
+    pending = [r for r in range(cfg.data.pool_size) if r not in states[3].labels][:20]
+    rounds[-1] = RoundRecord(round=rounds[-1].round, n_labels=rounds[-1].n_labels, new=pending, stage="selected")
+    after = {s.name: s for s in summarise(states[3], cfg)}
+    assert after["svpp"].labels_bought == before["svpp"].labels_bought - 20
+    assert after["svpp"].labels == before["svpp"].labels[:-1]
+    assert [p.labels for p in study.traces(cfg, states, tmp_path / "s")[3]] == [p.labels for p in trace][:-1]
+
+
 def test_study_cost_to_reach_randoms_final_accuracy(tmp_path):
     from asvp_fast import metrics
     from asvp_fast.loop.reporting import study

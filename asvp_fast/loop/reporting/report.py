@@ -58,8 +58,9 @@ def summarise(state: RunState, config: RunConfig) -> List[MethodSummary]:
             eq = [float(x) for x in np.atleast_1d(metrics.equivalent_random_labels(np.array(acc), *random_curve))]
             ratio = [float(x) for x in np.atleast_1d(metrics.sample_saving_ratio(np.array(labels, float), np.array(acc), *random_curve))]
             avg = float(metrics.average_sample_saving_ratio(np.array(labels, float), np.array(acc), *random_curve))
-        # costs at the AL budget: the random baseline's extra rounds only serve the comparison
-        costed = m.rounds[: len(config.schedule.budgets())]
+        # costs at the AL budget: the random baseline's extra rounds only serve the comparison; a
+        # batch still waiting for its labels (a paused run) is not bought yet
+        costed = [r for r in m.rounds[: len(config.schedule.budgets())] if r.stage != "selected"]
         if costed and costed[-1].train_rows is not None:
             # one-shot methods (ActiveFT(pre)) select each budget afresh: a user buys only the last one
             bought = len(costed[-1].train_rows)

@@ -179,6 +179,8 @@ def logme_ped_trace(state: RunState, run_dir: "Path | str", method: str = "svpp"
     rows: List[int] = []
     out = []
     for rec in state.methods[method].rounds:
+        if rec.stage == "selected":  # a batch still waiting for its labels (a paused run) ends the trace
+            break
         rows.extend(rec.new)
         idx = np.sort(np.asarray(rows, dtype=np.int64))
         y = state.labels_of(idx)
