@@ -474,7 +474,7 @@ def test_non_finite_row_is_named(bad, word):
     x = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float16)
     x[17, 2] = bad
     x[25, 0] = bad
-    with pytest.raises(ValueError, match=rf"row 17 contains NaN or Inf"):
+    with pytest.raises(ValueError, match=r"row 17 contains NaN or Inf"):
         activeft_select(x, 3)
     with pytest.raises(ValueError, match="row 17"):
         activeft_select(torch.from_numpy(x), 3)
