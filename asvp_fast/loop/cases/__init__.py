@@ -1,6 +1,8 @@
 """Data cases: what a config's ``[data] case = "..."`` builds, and the same builders from Python.
 
 * built in: ``wordnet-nouns``, ``fashion-mnist``, ``synthetic`` (:mod:`.builtin`);
+* from scratch (a random CIFAR-style ResNet): ``fashion-mnist-scratch``, ``imagefolder-scratch``
+  (:mod:`.scratch`);
 * your data: ``imagefolder`` (:func:`imagefolder_case`), ``text`` (:func:`text_case`: CSV, JSON
   Lines, Parquet), ``features`` (:func:`features_case`: precomputed embeddings), ``hf-dataset``
   (:func:`hf_dataset_case`: a ``save_to_disk`` directory);
@@ -12,7 +14,7 @@
 Importing this package registers every case type above.
 """
 
-from . import builtin, features, hf_dataset, imagefolder, text  # noqa: F401  (register the case types)
+from . import builtin, features, hf_dataset, imagefolder, scratch, text  # noqa: F401  (register the case types)
 from .case import Case
 from .datasets import ArrayDataset, ImageFolderDataset, TextDataset, stack_collate
 from .feature_store import FeatureRows, FeatureStore, open_features

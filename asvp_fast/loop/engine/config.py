@@ -81,6 +81,9 @@ class CacheConfig:
     batch_size: int = field(default=128, metadata={"ge": 1})
     num_workers: int = field(default=0, metadata={"ge": 0, "le": 1024, "machine": True})
     device: str = field(default="auto", metadata={"device": True, "machine": True})
+    # AFT/KD teachers' features (storage/teachers.py): "" = <run dir>/cache/teachers; a shared folder
+    # (relative: to the config's folder) lets the runs of a study extract each teacher once
+    teachers_dir: str = field(default="", metadata={"machine": True, "path": False})
 
 
 @dataclass(frozen=True)

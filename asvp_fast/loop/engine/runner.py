@@ -25,7 +25,8 @@ from typing import Any, Callable, Dict, Optional, Protocol
 
 import numpy as np
 
-from ..methods import Method, make_method
+from ..methods import Method, make_method, method_class
+from ..models.trainers import needs_teachers
 from ..storage.cache import FeatureCache
 from ..storage.files import atomic_write_text
 from .config import ConfigError, RunConfig, check_budget
@@ -92,6 +93,11 @@ class Runner:
         case = self.case if self.case is not None else build_case(cfg)
         check_budget(cfg, len(case.pool))  # type: ignore[arg-type]
         self.oracle = make_oracle(cfg, case, self.run_dir)
+        for spec in cfg.methods:  # before anything is written
+            mode = spec.training or method_class(spec.method).default_training or cfg.training.mode
+            if needs_teachers(mode) and not cfg.training.teachers:
+                raise ConfigError(f"method {spec.name!r} trains with {mode!r}, which needs pre-trained teachers: "
+                                  "list them in [training] teachers = [...] (backbone ids)")
         state = self._open_state(case)
         ctx = RunContext(cfg, case, self.run_dir, state, self.progress)
         self.methods = [make_method(spec, ctx) for spec in cfg.methods]

@@ -75,10 +75,22 @@ class TrainConfig:
     # selection. 0 (the default) adds no dropout: training is exactly as without these fields.
     head_dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1, "omit_default": True})
     mc_samples: int = field(default=20, metadata={"ge": 2, "omit_default": True})
+    # AFT / KD (mode "aft" | "kd", models/prior_trainers.py): the pre-trained models (teacher ids,
+    # models/teachers.py) whose cached features the prior pulls the penultimate features toward,
+    # the prior's weight beta, the learning rate (Adam) of AFT's scales s / KD's linear map, whether
+    # AFT learns s (rho = sigmoid(s)) and its kernel. Unused by the other modes.
+    teachers: Tuple[str, ...] = field(default=(), metadata={"omit_default": True})
+    beta: float = field(default=10.0, metadata={"ge": 0, "omit_default": True})
+    prior_lr: float = field(default=0.01, metadata={"gt": 0, "omit_default": True})
+    learn_scales: bool = field(default=True, metadata={"omit_default": True})
+    kernel: str = field(default="linear", metadata={"choices": ("linear", "rbf"), "what": "AFT kernel",
+                                                     "omit_default": True})
 
     def __post_init__(self) -> None:
         if self.mode not in TRAINERS:
             raise ValueError(f"training mode must be one of {sorted(TRAINERS)}, got {self.mode!r}")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"training.beta (the weight of the AFT/KD prior) must be a finite number >= 0, got {self.beta!r}")
 
 
 class _Labelled(Dataset):  # type: ignore[type-arg]
@@ -150,10 +162,16 @@ class TrainJob:
     seed: int
     lp_features: Optional[np.ndarray] = None
     progress: Optional[bool] = None
+    # AFT/KD: the teachers' features of the whole pool (rows = pool rows), e.g. a
+    # storage.teachers.ConcatenatedFeatures; None for trainers that need none
+    teacher_features: Optional[Any] = None
 
 
 class Trainer(ABC):
-    """Trains the target model of a round (see :func:`register_trainer`)."""
+    """Trains the target model of a round (see :func:`register_trainer`). ``needs_teachers``: the
+    trainer reads ``job.teacher_features`` (the engine then extracts ``training.teachers``)."""
+
+    needs_teachers: bool = False
 
     @abstractmethod
     def train(self, job: TrainJob) -> Classifier:
@@ -184,6 +202,11 @@ def register_trainer(name: str, factory: Callable[[], Trainer]) -> None:
     TRAINERS[name] = factory
 
 
+def needs_teachers(name: str) -> bool:
+    """Whether the trainer ``name`` reads teachers' features (AFT, KD)."""
+    return bool(getattr(TRAINERS.get(name), "needs_teachers", False))
+
+
 def make_trainer(name: str) -> Trainer:
     try:
         return TRAINERS[name]()
@@ -203,10 +226,11 @@ def train_classifier(
     seed: int,
     lp_features: Optional[np.ndarray] = None,
     progress: Optional[bool] = None,
+    teacher_features: Optional[Any] = None,
 ) -> Classifier:
     """Train backbone + head on the labelled ``rows`` of ``pool`` with the trainer ``config.mode``."""
     job = TrainJob(make_backbone, pool, collate, np.asarray(rows, dtype=np.int64), np.asarray(labels, dtype=np.int64),
-                   num_classes, config, seed, lp_features, progress)
+                   num_classes, config, seed, lp_features, progress, teacher_features)
     return make_trainer(config.mode).train(job)
 
 

