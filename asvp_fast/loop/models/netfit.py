@@ -10,40 +10,18 @@ loss. With ``teacher`` logits the loss is :func:`asvp_fast.prunefuse.kd_loss`.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, RandomSampler, Subset
 
 from ...core.devices import torch_device
 from ...prunefuse import kd_loss
 from .classifier import Classifier
 from .seeding import seeded_torch
-from .trainers import NoSingletonBatches, TrainConfig, TrainingDiverged
-
-
-class _Rows(Dataset):  # type: ignore[type-arg]
-    """(item, label, position) of the labelled rows: the position finds the row's teacher logits."""
-
-    def __init__(self, pool: Any, rows: np.ndarray, labels: np.ndarray) -> None:
-        self.pool, self.rows, self.labels = pool, rows, labels
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> Tuple[Any, int, int]:
-        return self.pool[int(self.rows[i])], int(self.labels[i]), i
-
-
-class _Collate:
-    def __init__(self, collate: Any) -> None:
-        self.collate = collate
-
-    def __call__(self, items: List[Tuple[Any, int, int]]) -> Tuple[Any, torch.Tensor, torch.Tensor]:
-        return (self.collate([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items], dtype=torch.int64),
-                torch.tensor([i for _, _, i in items], dtype=torch.int64))
+from .trainers import CollateWithPositions, NoSingletonBatches, PositionedRows, TrainConfig, TrainingDiverged
 
 
 def fit(model: Classifier, pool: Any, collate: Any, rows: np.ndarray, labels: np.ndarray, config: TrainConfig, *,
@@ -73,9 +51,9 @@ def fit(model: Classifier, pool: Any, collate: Any, rows: np.ndarray, labels: np
             groups.append({"params": trainable, "lr": config.backbone_lr})
         opt = torch.optim.SGD(groups, lr=config.head_lr, momentum=config.momentum, weight_decay=config.weight_decay)
         gen = torch.Generator().manual_seed(int(seed) + 2)
-        data = _Rows(pool, rows, np.asarray(labels, dtype=np.int64))
+        data = PositionedRows(pool, rows, np.asarray(labels, dtype=np.int64))
         loader = DataLoader(data, batch_sampler=NoSingletonBatches(RandomSampler(data, generator=gen), config.batch_size),
-                            collate_fn=_Collate(collate), num_workers=config.num_workers)
+                            collate_fn=CollateWithPositions(collate), num_workers=config.num_workers)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(loader)))
         model.train()
         for epoch in range(epochs):

@@ -16,41 +16,20 @@ gathered once per training from the multi-model cache (``job.teacher_features``,
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler
 
 from ...core.devices import torch_device
 from ...core.progress import task_bar
 from ...transfer.aft import AFTPrior, FeatureRegressionKD
 from .classifier import Classifier
 from .seeding import seeded_torch
-from .trainers import NoSingletonBatches, Trainer, TrainingDiverged, TrainJob, register_trainer
-
-
-class _Indexed(Dataset):  # type: ignore[type-arg]
-    """Pool items of the labelled rows with their labels and their position in ``rows``."""
-
-    def __init__(self, pool: Any, rows: np.ndarray, labels: np.ndarray) -> None:
-        self.pool, self.rows, self.labels = pool, rows, labels
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> Tuple[Any, int, int]:
-        return self.pool[int(self.rows[i])], int(self.labels[i]), i
-
-
-class _Collate:
-    def __init__(self, collate: Any) -> None:
-        self.collate = collate
-
-    def __call__(self, items: List[Tuple[Any, int, int]]) -> Tuple[Any, torch.Tensor, torch.Tensor]:
-        return (self.collate([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items], dtype=torch.int64),
-                torch.tensor([i for _, _, i in items], dtype=torch.int64))
+from .trainers import (CollateWithPositions, NoSingletonBatches, PositionedRows, Trainer, TrainingDiverged, TrainJob,
+                       register_trainer)
 
 
 def labelled_teacher_features(job: TrainJob, mode: str) -> np.ndarray:
@@ -113,9 +92,9 @@ def _fit(model: Classifier, prior: nn.Module, teacher: torch.Tensor, job: TrainJ
     prior_opt: Optional[torch.optim.Optimizer] = torch.optim.Adam(prior_params, lr=config.prior_lr) if prior_params else None
     # exactly FineTune's batches: the same generator, sampler and DataLoader draws
     gen = torch.Generator().manual_seed(int(job.seed) + 2)
-    data = _Indexed(job.pool, job.rows, job.labels)
+    data = PositionedRows(job.pool, job.rows, job.labels)
     batches = NoSingletonBatches(RandomSampler(data, generator=gen), config.batch_size)
-    loader = DataLoader(data, batch_sampler=batches, generator=gen, collate_fn=_Collate(job.collate),
+    loader = DataLoader(data, batch_sampler=batches, generator=gen, collate_fn=CollateWithPositions(job.collate),
                         num_workers=config.num_workers, pin_memory=device.type == "cuda")
     steps = config.epochs * len(loader)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))

@@ -144,6 +144,31 @@ class _CollateWithLabels:
         return self.collate([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
 
 
+class PositionedRows(Dataset):  # type: ignore[type-arg]
+    """(item, label, position in ``rows``) of the labelled rows: trainers that bring per-row extras
+    (a teacher's features or logits, aligned with ``rows``) find them by the position."""
+
+    def __init__(self, pool: Any, rows: np.ndarray, labels: np.ndarray) -> None:
+        self.pool, self.rows, self.labels = pool, rows, labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Tuple[Any, int, int]:
+        return self.pool[int(self.rows[i])], int(self.labels[i]), i
+
+
+class CollateWithPositions:
+    """Batches of :class:`PositionedRows` items: (collated items, labels, positions)."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+
+    def __call__(self, items: List[Tuple[Any, int, int]]) -> Tuple[Any, torch.Tensor, torch.Tensor]:
+        return (self.collate([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items], dtype=torch.int64),
+                torch.tensor([i for _, _, i in items], dtype=torch.int64))
+
+
 @dataclass
 class TrainJob:
     """Everything a trainer needs: fresh pre-trained weights, the data and the labelled rows.

@@ -6,7 +6,7 @@ is not needed."""
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,52 @@ def check_images(images: torch.Tensor, channels: Sequence[int]) -> None:
         raise ValueError(f"expected an image batch (B, C, H, W) with C in {tuple(channels)}, got {shape}")
 
 
-class EfficientNetLite0(Backbone):
+class LiteFeatures(Backbone):
+    """An EfficientNet-Lite of ``efficientnet-lite-pytorch`` as a feature extractor: the shared body
+    of :class:`EfficientNetLite0` and the larger Lite1/Lite2 teachers (``.lite``).
+
+    ``name``: the model name (``"efficientnet-lite0"``, ...); ``state_dict``: a callable giving the
+    ImageNet weights, used when ``pretrained``. ``forward`` takes uint8 (or float in 0..255) images
+    ``(B, 1 or 3, H, W)``: grey images are repeated to 3 channels, resized, scaled as
+    ``(x - 127) / 128``; the classifier (dropout and fc) is dropped.
+    """
+
+    feature_dim = 1280
+
+    def __init__(self, name: str, image_size: int, pretrained: bool, seed: int,
+                 state_dict: "Callable[[], Dict[str, torch.Tensor]]") -> None:
+        super().__init__()
+        if image_size < 32:
+            raise ValueError(f"image_size must be at least 32, got {image_size}")
+        lite = require("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
+        self.image_size = int(image_size)
+        with seeded_torch(seed):  # the caller's RNG state (CPU and CUDA) is restored after
+            self.model = lite.EfficientNet.from_name(name, image_size=self.image_size)
+        if pretrained:
+            self.model.load_state_dict(state_dict())  # strict: every weight, the fc too
+            self.backbone_id = f"{name}-{self.image_size}px"
+        else:
+            self.backbone_id = f"{name}-random-seed{seed}-{self.image_size}px"
+        # The pooled features are the output: the ImageNet classifier would only cost memory
+        # and add unused parameters to the trainable set.
+        self.model._dropout = nn.Identity()
+        self.model._fc = nn.Identity()
+        # channels_last: oneDNN's depthwise/pointwise convolutions ran 1.3-1.6x faster on CPU
+        # than in NCHW (measured at 96 px), and the layout suits GPU tensor cores too.
+        self.model.to(memory_format=torch.channels_last)
+        self.eval()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images, (1, 3))
+        x = images.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (resize_square(x, self.image_size) - LITE_MEAN) / LITE_STD
+        features: torch.Tensor = self.model.extract_features(x.contiguous(memory_format=torch.channels_last))
+        return features.mean(dim=(2, 3))
+
+
+class EfficientNetLite0(LiteFeatures):
     """ImageNet-pretrained EfficientNet-Lite0: global-average-pooled 1280-d features.
 
     Parameters
@@ -64,38 +109,8 @@ class EfficientNetLite0(Backbone):
     and fc) is dropped.
     """
 
-    feature_dim = 1280
-
     def __init__(self, image_size: int = 96, pretrained: bool = True, seed: int = 0) -> None:
-        super().__init__()
-        if image_size < 32:
-            raise ValueError(f"image_size must be at least 32, got {image_size}")
-        lite = require("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
-        self.image_size = int(image_size)
-        with seeded_torch(seed):  # the caller's RNG state (CPU and CUDA) is restored after
-            self.model = lite.EfficientNet.from_name("efficientnet-lite0", image_size=self.image_size)
-        if pretrained:
-            self.model.load_state_dict(_lite0_state_dict())  # strict: every weight, the fc too
-            self.backbone_id = f"efficientnet-lite0-{self.image_size}px"
-        else:
-            self.backbone_id = f"efficientnet-lite0-random-seed{seed}-{self.image_size}px"
-        # The pooled features are the output: the ImageNet classifier would only cost memory
-        # and add unused parameters to the trainable set.
-        self.model._dropout = nn.Identity()
-        self.model._fc = nn.Identity()
-        # channels_last: oneDNN's depthwise/pointwise convolutions ran 1.3-1.6x faster on CPU
-        # than in NCHW (measured at 96 px), and the layout suits GPU tensor cores too.
-        self.model.to(memory_format=torch.channels_last)
-        self.eval()
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(images, (1, 3))
-        x = images.float()
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = (resize_square(x, self.image_size) - LITE_MEAN) / LITE_STD
-        features: torch.Tensor = self.model.extract_features(x.contiguous(memory_format=torch.channels_last))
-        return features.mean(dim=(2, 3))
+        super().__init__("efficientnet-lite0", image_size, pretrained, seed, _lite0_state_dict)
 
 
 def _lite0_state_dict() -> Dict[str, torch.Tensor]:
