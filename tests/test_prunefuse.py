@@ -153,6 +153,27 @@ def test_pretrained_efficientnet_lite0_prunes_through_its_traceable_stand_in():
     assert all(b._depthwise_conv.groups == b._depthwise_conv.out_channels for b in blocks)
 
 
+def test_resnet50_prunes_through_its_traceable_stand_in_and_fuses_back():
+    from asvp_fast.loop.models import prunable  # noqa: F401  (registers the stand-in forwards)
+    from asvp_fast.loop.models.backbones import ResNet50
+
+    dense = Classifier(randomise(ResNet50(), 3), 10).eval()
+    x = images(2, side=64)
+    small, imap = prune(dense, 0.5, x)
+    check_sizes(small)
+    small.backbone.feature_dim = small.head.in_features
+    assert small(x).shape == (2, 10)
+    assert 0.2 < count_params(small) / count_params(dense) < 0.3  # 23.5 M -> 5.9 M
+    assert small.head.in_features == 1024  # the bottlenecks' residual width (2048) halves
+    fused = fuse(copy.deepcopy(dense), small, imap)
+    for key, t in small.state_dict().items():  # every trained tensor went back to its kept positions
+        dims = imap.kept.get(key, {})
+        index = tuple(torch.tensor(dims[d]).view([-1 if i == d else 1 for i in range(t.dim())]) if d in dims
+                      else torch.arange(t.shape[d]).view([-1 if i == d else 1 for i in range(t.dim())])
+                      for d in range(t.dim()))
+        assert torch.equal(fused.state_dict()[key][index] if t.dim() else fused.state_dict()[key], t), key
+
+
 def test_residual_channels_are_pruned_together_by_their_summed_norm():
     dense, x = randomise(resnet(8, 8), 2), images()
     groups = [g for g in channel_groups(dense, x) if not g.fixed]
