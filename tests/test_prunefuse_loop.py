@@ -183,3 +183,23 @@ def test_batchnorm_recalibration_measures_the_networks_own_activations():
     assert bn.momentum == 0.1 and not model.training
     cfg = config([{"method": "prunefuse", "bn_recalibration": 64}])
     assert dict(cfg.methods[0].options)["bn_recalibration"] == 64
+
+
+def test_prunefuse_on_a_text_encoder_prunes_heads_and_feed_forward_units(tmp_path):
+    pytest.importorskip("transformers")
+    from test_cases import make_encoder, make_texts, write_rows
+
+    encoder = make_encoder(tmp_path / "encoder")
+    texts, labels = make_texts(120)
+    write_rows(tmp_path / "tickets.csv", texts, labels)
+    case = {"case": "text", "path": str(tmp_path / "tickets.csv"), "model": str(encoder), "test_size": 40,
+            "max_length": 16}
+    cfg = config([{"method": "prunefuse", "name": "pf", "kd": False}], case=case,
+                 schedule={"initial": 10, "steps": [{"until": 30, "step": 10}]}, training={"epochs": 1, "batch_size": 8})
+    state = run(cfg, tmp_path / "run", echo=quiet, report=False)
+    rounds = state.methods["pf"].rounds
+    assert [len(r.new) for r in rounds] == [10, 10, 10] and all(0.0 <= r.accuracy <= 1.0 for r in rounds)
+    info = rounds[1].info
+    # one layer 16 wide, 2 heads of 8, 32 FFN units: one head (8 rows of Q, K, V with their biases: 3 x 136;
+    # 8 columns of the attention output: 128) and 16 units (16 rows + biases: 272; 16 output columns: 256)
+    assert info["dense_params"] - info["selector_params"] == 3 * 136 + 128 + 272 + 256

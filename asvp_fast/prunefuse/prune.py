@@ -5,6 +5,8 @@ the ``round((1 - ratio) * C)`` channels (at least one) whose producing weights h
 norm — the norm over every convolution/linear row that makes the channel, so channels tied by a
 residual connection are ranked together — and returns a smaller copy of the network plus an
 :class:`IndexMap`: for every state tensor, the dense indices kept along each pruned dimension.
+In a BERT-style encoder (MiniLM) the units are each layer's attention heads and feed-forward units
+instead (:mod:`.transformer`).
 
 :func:`fuse` copies each tensor of a (trained) pruned network into the positions of the dense
 network it came from (in place); everything else keeps the dense network's values. Both are
@@ -27,6 +29,7 @@ from torch import nn
 
 from ..core.checks import parse_real
 from .graph import ChannelGroup, PruneError, channel_groups
+from .transformer import transformer_units, update_attention_sizes
 
 FORMAT = 1
 
@@ -124,12 +127,19 @@ def prune(model: nn.Module, ratio: float, example_input: Any) -> Tuple[nn.Module
     ratio = check_ratio(ratio)
     state = model.state_dict()
     imap = IndexMap(ratio, {}, {k: list(v.shape) for k, v in state.items()})
-    for group in channel_groups(model, example_input):
-        if group.fixed or group.size < 1:
-            continue
-        kept = top_channels(channel_scores(group, state), kept_count(group.size, ratio))
-        for key, dim in group.members:
-            imap.kept.setdefault(key, {})[dim] = kept
+    units = transformer_units(model)
+    if units:  # a BERT-style encoder: heads and feed-forward units (.transformer), no graph trace
+        for family in units:
+            kept = family.indices(top_channels(family.scores(state), kept_count(family.count, ratio)))
+            for key, dim in family.members:
+                imap.kept.setdefault(key, {})[dim] = kept
+    else:
+        for group in channel_groups(model, example_input):
+            if group.fixed or group.size < 1:
+                continue
+            kept = top_channels(channel_scores(group, state), kept_count(group.size, ratio))
+            for key, dim in group.members:
+                imap.kept.setdefault(key, {})[dim] = kept
     pruned = copy.deepcopy(model)
     apply_index_map(pruned, imap)
     return pruned, imap
@@ -162,6 +172,7 @@ def apply_index_map(model: nn.Module, imap: IndexMap) -> nn.Module:
             setattr(owner, attr, new)
     for module in model.modules():
         _resize(module)
+    update_attention_sizes(model)
     return model
 
 
