@@ -135,17 +135,24 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
         print(f"asvp-fast: the active-learning loop needs PyTorch and the demo models: pip install 'asvp-fast[demo]' ({exc})",
               file=sys.stderr)
         return 2
+    from .loop.engine.distributed import is_root, process_group_from_env
+
     out = Path(str(output))
     start = time.perf_counter()
+    root = True
     try:
         config = get_config()  # type: ignore[operator]
-        if seeds is None:
-            run(config, out, resume=resume, progress=progress)
-        else:
-            states = run_seeds(config, seeds, out, progress=progress)  # type: ignore[arg-type]
-            written = study.write_summary(study.collect(config, states), config, out, command=command, title=title,  # type: ignore[arg-type]
-                                          traces=study.traces(config, states, out))  # type: ignore[arg-type]
-            print(written["markdown"])
+        # under torchrun: one process group for the whole run (None on one process)
+        with process_group_from_env() as group:
+            root = is_root(group)
+            if seeds is None:
+                run(config, out, resume=resume, progress=progress, group=group)
+            else:
+                states = run_seeds(config, seeds, out, progress=progress, group=group)  # type: ignore[arg-type]
+                if root:
+                    written = study.write_summary(study.collect(config, states), config, out, command=command,  # type: ignore[arg-type]
+                                                  title=title, traces=study.traces(config, states, out))  # type: ignore[arg-type]
+                    print(written["markdown"])
     except LabelsPending as exc:
         print(f"asvp-fast: {exc}", file=sys.stderr)
         return 3
@@ -162,8 +169,10 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
         print(f"asvp-fast: {exc}", file=sys.stderr)
         return 2
     finally:
-        _keep_config_copy(source, out)
-    print(f"run directory: {out} (wall time {time.perf_counter() - start:.0f} s)")
+        if root:
+            _keep_config_copy(source, out)
+    if root:
+        print(f"run directory: {out} (wall time {time.perf_counter() - start:.0f} s)")
     return 0
 
 

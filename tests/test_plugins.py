@@ -195,7 +195,7 @@ def test_proxy_selector_view_matches_the_proxy_outputs():
     logits, hidden = proxy_outputs(proxy, feats, hidden=True)
     np.testing.assert_array_equal(view.logits, logits)
     np.testing.assert_array_equal(view.embedding, hidden)
-    assert view.features is feats and set(info) == {"proxy_s"}
+    assert np.shares_memory(view.features, feats) and view.features.shape == feats.shape and set(info) == {"proxy_s"}
 
 
 def test_derive_seed_is_stable():
@@ -268,11 +268,18 @@ def test_standard_al_selects_with_mc_dropout_on_the_target_model(tmp_path):
     np.testing.assert_array_equal(a, b)
     assert a.shape == (3, 10, 2) and not np.array_equal(a[0], a[1])
     # each pass is the head on the features with some dropped and the rest scaled by 1/(1 - rate),
-    # the masks drawn in order from a generator seeded with the seed
+    # the masks drawn in order from the generator of the rows' block of global rows
+    from asvp_fast.loop.models.mc_dropout import MASK_BLOCK, block_generator
+
     w, bias = head.weight.detach().numpy(), head.bias.detach().numpy()
-    gen = torch.Generator().manual_seed(1)
+    gen = block_generator(1, 0, torch.device("cpu"))
     for t in range(3):
-        mask = (torch.rand((10, 3), generator=gen) < 0.5).numpy()
+        mask = (torch.rand((MASK_BLOCK, 3), generator=gen)[:10] < 0.5).numpy()
         np.testing.assert_allclose(a[t], (feats * mask / 0.5) @ w.T + bias, rtol=1e-5, atol=1e-6)
+    # a row's samples do not depend on where its shard starts (a rank's rows, global offsets)
+    many = np.random.default_rng(1).normal(size=(MASK_BLOCK + 300, 3)).astype(np.float32)
+    whole = head_mc_logits(head, many, 0.5, 2, seed=4)
+    for lo, hi in ((0, 7), (5, MASK_BLOCK + 10), (MASK_BLOCK - 1, MASK_BLOCK + 300)):
+        np.testing.assert_array_equal(head_mc_logits(head, many[lo:hi], 0.5, 2, seed=4, row_offset=lo), whole[:, lo:hi])
     with pytest.raises(ValueError, match="rate in"):
         head_mc_logits(head, feats, 0.0, 3)

@@ -343,6 +343,11 @@ def test_mc_dropout_proxy_keeps_the_default_proxy_unchanged():
     assert torch.equal(state, torch.get_rng_state())
     assert mc.shape == (5, 80, 3) and not np.allclose(mc[0], mc[1])
     np.testing.assert_array_equal(mc, proxy_mc_logits(with_dropout, x, 5, seed=3))
+    # a shard's samples are the whole pool's samples of its rows (masks per block of global rows;
+    # a dropped unit moves a logit by O(1), the tolerance only absorbs the batch size's rounding)
+    for lo, hi in ((0, 1), (13, 80)):
+        np.testing.assert_allclose(proxy_mc_logits(with_dropout, x[lo:hi], 5, seed=3, row_offset=lo), mc[:, lo:hi],
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_a_method_takes_its_own_strategy(tmp_path):

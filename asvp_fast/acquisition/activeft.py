@@ -35,6 +35,12 @@ Differences from the authors' code, none of which changes what is optimised:
 * The final assignment never sorts the pool per centroid (see
   :func:`.activeft_pool.unique_nearest_assignment`).
 
+Over row shards (``group=``) the pool is gathered on rank 0: every row pulls on its nearest
+centroid in every iteration and the final assignment searches all rows, so each rank checks and
+L2-normalises its shard, sends the float32 rows and its labelled-row mask to rank 0, which runs
+the single-process optimisation and assignment and broadcasts the picks
+(:func:`.distributed.select_on_root`).
+
 This module holds the public function, its argument checks and the optimisation of the
 centroids; :mod:`.activeft_pool` holds the pool side (the normalised working copy of the rows
 and the final assignment).
@@ -64,7 +70,6 @@ from ..core.checks import (
     parse_int,
     parse_optional_flag,
     parse_positive_real,
-    parse_rows,
     parse_threads,
 )
 from ..core.devices import torch_device
@@ -76,8 +81,8 @@ try:  # torch is optional for the package, required here
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("ActiveFT needs PyTorch: pip install torch") from exc
 
-from .activeft_pool import normalised_float32, rows_per_tile, unique_nearest_assignment
-from .distributed import refuse_group
+from .activeft_pool import feature_shape, labelled_rows, normalised_float32, rows_per_tile, unique_nearest_assignment
+from .distributed import ShardInput, select_on_root
 
 __all__ = ["activeft_select", "DEFAULT_TEMPERATURE", "DEFAULT_BALANCE", "MAX_ITERATIONS", "MAX_LR",
            "LossNotFiniteError"]
@@ -175,6 +180,18 @@ def activeft_select(
     progress : bool, optional
         Show a tqdm bar over the iterations. ``None`` shows one only for long runs on a
         terminal.
+    group : torch.distributed.ProcessGroup, optional
+        With a group, ``features`` is this rank's shard (ranks hold consecutive rows in rank
+        order; shards may be empty), ``labeled`` is local to it, and the result is global row
+        numbers, the same on every rank and equal to one process's picks on the whole pool. Each
+        rank checks and normalises its shard; the normalised float32 rows are **gathered on rank
+        0**, which optimises on its own ``device`` with its own ``threads`` and broadcasts the
+        picks (rank 0 needs memory for N x d float32 and the optimisation; the other ranks wait,
+        so the group's timeout must exceed the run): the optimisation couples every row with
+        every centroid (select_uncertain, bald, batchbald, kcenter_greedy, kmeans_pp and badge
+        shard without moving anything of size N). Options must be equal on every rank (else
+        every rank raises); an error of rank 0's run (e.g. :class:`LossNotFiniteError`, raised
+        elsewhere as a ValueError) is raised on every rank.
 
     Returns
     -------
@@ -211,10 +228,12 @@ def activeft_select(
     scale: with N = 50,000, d = 384 and k = 500 a full-pool iteration is a 9.6 GFLOP product, about 0.5 s
     on one CPU core (300 iterations: about 2.5 minutes); ``batch_size`` divides that cost.
     """
-    refuse_group(group, "activeft_select", "its optimisation couples every row with every centre")
+    if group is not None:
+        settings = (temperature, iterations, lr, balance, batch_size, seed, device, threads, progress)
+        return select_on_root(group, features, lambda: _shard_input(features, k, labeled, *settings))
     k = parse_count(k)
-    n, _ = _feature_shape(features)
-    labelled = _labelled_rows(labeled, n)
+    n, _ = feature_shape(features)
+    labelled = labelled_rows(labeled, n)
     selectable = n - labelled.size
     if k > selectable:
         detail = f"{n} rows, {labelled.size} labelled" if labelled.size else f"{n} rows"
@@ -228,11 +247,43 @@ def activeft_select(
 
     with limit_threads(n_threads, ("torch", "faiss")):
         x = normalised_float32(features)
-        excluded = np.zeros(n, dtype=bool)
-        excluded[labelled] = True
-        centroids, _ = _optimise_centroids(x, k, labelled, options, dev, progress)
-        assigned, order = unique_nearest_assignment(x, centroids, excluded)
-    return _like_input(assigned[order], features)
+        picks = _select_normalised(x, k, labelled, options, dev, progress)
+    return _like_input(picks, features)
+
+
+def _select_normalised(x: np.ndarray, k: int, labelled: np.ndarray, options: "_Options", dev: torch.device,
+                       progress: Optional[bool]) -> np.ndarray:
+    """ActiveFT on the normalised float32 pool ``x`` (both routes run exactly this): the picks
+    in the order the final assignment gives them out."""
+    excluded = np.zeros(x.shape[0], dtype=bool)
+    excluded[labelled] = True
+    centroids, _ = _optimise_centroids(x, k, labelled, options, dev, progress)
+    assigned, order = unique_nearest_assignment(x, centroids, excluded)
+    return assigned[order]  # type: ignore[no-any-return]
+
+
+def _shard_input(features: Any, k: Any, labeled: Any, temperature: Any, iterations: Any, lr: Any, balance: Any,
+                 batch_size: Any, seed: Any, device: Any, threads: Any, progress: Any) -> ShardInput:
+    """This rank's checked arguments and normalised rows (normalisation is row by row, so the
+    shards' copies are the whole pool's rows bit for bit); rank 0 selects on its own device and
+    under its own thread limits."""
+    count = parse_count(k)
+    n, _ = feature_shape(features)
+    labelled = labelled_rows(labeled, n)
+    options = _Options.checked(temperature, iterations, lr, balance, batch_size, seed)
+    shown = parse_optional_flag(progress, "progress")
+    n_threads = parse_threads(threads)
+    dev = torch_device(device, like=features)
+    with limit_threads(n_threads, ("torch", "faiss")):
+        x = normalised_float32(features)
+    blocked = np.zeros(n, dtype=bool)
+    blocked[labelled] = True
+
+    def select(pool: np.ndarray, rows: np.ndarray, kk: int) -> np.ndarray:
+        with limit_threads(n_threads, ("torch", "faiss")):
+            return _select_normalised(pool, kk, rows, options, dev, shown)
+
+    return ShardInput(x, blocked, {"k": count, "options": options}, select)
 
 
 def _like_input(picks: np.ndarray, features: Any) -> Any:
@@ -270,36 +321,6 @@ class _Options:
             seed=parse_int(seed, "seed", minimum=0),
         )
 
-
-def _feature_shape(features: Any) -> Tuple[int, int]:
-    """(N, d) of a 2-D numeric array or tensor; rejects other ndims and non-numeric dtypes."""
-    if is_torch_tensor(features):
-        if features.dtype == torch.bool or features.is_complex():
-            raise TypeError(f"features must be real numbers, got a tensor of {features.dtype}")
-        shape = tuple(features.shape)
-    else:
-        arr = features if isinstance(features, np.ndarray) else np.asarray(features)
-        if not _numeric_dtype(arr.dtype):
-            raise TypeError(f"features must be real numbers, got dtype {arr.dtype}")
-        shape = arr.shape
-    if len(shape) != 2:
-        raise ValueError(f"features must be 2-D (N, d), got {len(shape)}-D with shape {shape}")
-    if shape[1] == 0 and shape[0] > 0:
-        raise ValueError("features have 0 columns: rows without components cannot be normalised")
-    return int(shape[0]), int(shape[1])
-
-
-def _numeric_dtype(dtype: np.dtype) -> bool:
-    # bfloat16 from ml_dtypes has kind 'V'; accept it by name.
-    return dtype.kind in "fiu" or dtype.name == "bfloat16"
-
-
-def _labelled_rows(labeled: Any, n: int) -> np.ndarray:
-    """Sorted int64 indices of the labelled rows, from an index array or a bool mask."""
-    if labeled is None:
-        return np.empty(0, dtype=np.int64)
-    # the same checks (and messages) as the diversity kernels' `labeled`
-    return np.sort(parse_rows(labeled, n, "labeled", unique=True, of="features"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The pool side of ActiveFT (:mod:`.activeft`): the rows as a validated, L2-normalised float32
-working copy, and the final step that gives every optimised centroid a distinct nearest row.
+"""The pool side of ActiveFT (:mod:`.activeft`): the checks of the pool's shape and labelled rows,
+the rows as a validated, L2-normalised float32 working copy, and the final step that gives every
+optimised centroid a distinct nearest row.
 
 Both work on NumPy arrays without autograd; the optimisation of the centroids in between lives
 in :mod:`.activeft`.
@@ -13,7 +14,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..core.checks import is_torch_tensor
+from ..core.checks import is_torch_tensor, parse_rows
 
 # Source rows are converted and normalised in blocks of about this many float64 bytes, so a
 # float16 memmap never needs a second full-size temporary.
@@ -27,6 +28,42 @@ INITIAL_CANDIDATES = 16
 def rows_per_tile(columns: int) -> int:
     """Rows of a (rows x columns) float32 tile of at most :data:`TILE_ELEMENTS` elements."""
     return max(1, TILE_ELEMENTS // max(1, columns))
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks of the pool (ActiveFT's own, looser than the float-only strategy inputs)
+# --------------------------------------------------------------------------------------------
+
+
+def feature_shape(features: Any) -> Tuple[int, int]:
+    """(N, d) of a 2-D numeric array or tensor; rejects other ndims and non-numeric dtypes."""
+    if is_torch_tensor(features):
+        if features.dtype == torch.bool or features.is_complex():
+            raise TypeError(f"features must be real numbers, got a tensor of {features.dtype}")
+        shape = tuple(features.shape)
+    else:
+        arr = features if isinstance(features, np.ndarray) else np.asarray(features)
+        if not numeric_dtype(arr.dtype):
+            raise TypeError(f"features must be real numbers, got dtype {arr.dtype}")
+        shape = arr.shape
+    if len(shape) != 2:
+        raise ValueError(f"features must be 2-D (N, d), got {len(shape)}-D with shape {shape}")
+    if shape[1] == 0 and shape[0] > 0:
+        raise ValueError("features have 0 columns: rows without components cannot be normalised")
+    return int(shape[0]), int(shape[1])
+
+
+def numeric_dtype(dtype: np.dtype) -> bool:
+    # bfloat16 from ml_dtypes has kind 'V'; accept it by name.
+    return dtype.kind in "fiu" or dtype.name == "bfloat16"
+
+
+def labelled_rows(labeled: Any, n: int) -> np.ndarray:
+    """Sorted int64 indices of the labelled rows, from an index array or a bool mask."""
+    if labeled is None:
+        return np.empty(0, dtype=np.int64)
+    # the same checks (and messages) as the diversity kernels' `labeled`
+    return np.sort(parse_rows(labeled, n, "labeled", unique=True, of="features"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -221,8 +221,8 @@ def _sharded(method: str, features: Any, k: Any, *, x: Any, from_logits: Any, la
             raise NotImplementedError("BADGE over shards (group=) takes probabilities; from_logits=True is planned")
         op = as_operand(features, "features")
         n, _ = check_float_matrix(op, "features", columns="d")
-        if op.dtype_name == "float16":
-            raise NotImplementedError("float16 shards are not supported with group= yet; pass float32 rows")
+        # float16/bfloat16 shards are converted to float32 whole (exact), as the kernel converts
+        # each row as it reads it: the distances, hence the picks, are the same
         lab = np.empty(0, dtype=np.int64)
         if labeled is not None:
             if method != "kcenter":
@@ -241,9 +241,7 @@ def _sharded(method: str, features: Any, k: Any, *, x: Any, from_logits: Any, la
                              "(or a value beyond the float32 range)")
         prepared["features"] = rows
         if method == "badge":
-            x_op = _badge_scores(x, op, n)
-            if x_op.dtype_name == "float16":
-                raise NotImplementedError("float16 shards are not supported with group= yet; pass float32 rows")
+            _badge_scores(x, op, n)  # x checked against the features (shape, dtype)
             usable = n - int(np.unique(excluded).size)
             # the kernel's own checks of every row it would read (one pick, no distance pass)
             diversity_select("badge", features, min(1, usable), x=x, exclude=exclude if exclude is not None else None,

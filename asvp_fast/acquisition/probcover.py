@@ -21,19 +21,24 @@ remaining picks are drawn uniformly at random with ``seed`` (as in the authors' 
   :data:`PURITY_SAMPLE` rows (O(sample x N x d)).
 
 Cost: range search O(N^2 d) time in faiss (exact, blocked), O(E) memory.
+
+Over row shards (``group=``) the pool is gathered on rank 0: the δ-ball graph links rows across
+shards (and the purity rule's k-means spans them), so each rank sends its float32 rows and
+labelled-row mask there, rank 0 runs the single-process selection and broadcasts the picks
+(:func:`.distributed.select_on_root`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..core.checks import parse_int, parse_positive_real, parse_real, parse_seed
+from ..core.checks import parse_count, parse_int, parse_positive_real, parse_real, parse_seed
 from .strategy_inputs import as_array, check_float, common, feature_matrix, like_input
 from .typiclust import kmeans_labels
-from .distributed import refuse_group
+from .distributed import ShardInput, select_on_root
 
 __all__ = ["probcover", "purity_delta", "ball_graph", "greedy_coverage", "DEFAULT_PURITY", "PURITY_SAMPLE",
            "DEFAULT_MAX_EDGES"]
@@ -176,27 +181,68 @@ def probcover(
         purity: the fraction of pure balls the purity rule asks for, in (0, 1].
         max_edges: the largest δ-ball graph to build.
         device, threads, progress: the contract's; faiss runs on the CPU.
+        group: a torch.distributed process group, or None. With a group, ``features`` is this
+            rank's shard (ranks hold consecutive rows in rank order; shards may be empty),
+            ``labeled`` is local to it, and the result is global row numbers, the same on every
+            rank and equal to one process's picks on the whole pool. The shards' float32 rows are
+            **gathered on rank 0**, which builds the graph and runs the greedy coverage (it needs
+            memory for N x d float32 and the graph; the other ranks wait, so the group's timeout
+            must exceed the run) and broadcasts the picks: the δ-ball graph links rows across
+            shards (select_uncertain, bald, batchbald, kcenter_greedy, kmeans_pp and badge shard
+            without moving anything of size N). Options must be equal on every rank (else every
+            rank raises); an error of rank 0's run (e.g. ``max_edges``) is raised on every rank.
 
     Raises:
         ValueError: delta <= 0 (or the purity rule giving 0), a graph past ``max_edges``, and the
             contract's errors.
     """
-    refuse_group(group, "probcover", "its delta-ball graph links rows across shards")
+    if group is not None:
+        options = (delta, seed, pseudo_classes, purity, max_edges, device, threads, progress)
+        return select_on_root(group, features, lambda: _shard_input(features, k, labeled, *options))
     features = as_array(features, "features")
     n, _ = check_float(features, "features", 2, "N rows x d features")
     call = common(features, n, k, labeled, "labeled", device=device, threads=threads, progress=progress,
                   of="features")
-    seed = parse_seed(seed)
-    radius = None if delta is None else parse_positive_real(delta, "delta")
-    classes = parse_int(pseudo_classes, "pseudo_classes", minimum=2)
-    wanted = parse_real(purity, "purity", positive=True, maximum=1.0)
-    edges = parse_int(max_edges, "max_edges", minimum=1)
+    options = _options(delta, seed, pseudo_classes, purity, max_edges)
     x = feature_matrix(features)
     if call.k == 0:
         return like_input(np.empty(0, dtype=np.int64), features)
     with call.limits():
-        if radius is None:
-            radius = purity_delta(x, min(classes, n), wanted, seed)
-        indptr, indices = ball_graph(x, radius, edges)
-        picks = greedy_coverage(indptr, indices, call.rows, call.k, np.random.default_rng(seed))
+        picks = _select(x, call.rows, call.k, **options)
     return like_input(picks, features)
+
+
+def _options(delta: Any, seed: Any, pseudo_classes: Any, purity: Any, max_edges: Any) -> Dict[str, Any]:
+    """The parsed options that shape the picks (keyword arguments of :func:`_select`)."""
+    return {"seed": parse_seed(seed), "radius": None if delta is None else parse_positive_real(delta, "delta"),
+            "classes": parse_int(pseudo_classes, "pseudo_classes", minimum=2),
+            "purity": parse_real(purity, "purity", positive=True, maximum=1.0),
+            "edges": parse_int(max_edges, "max_edges", minimum=1)}
+
+
+def _select(x: np.ndarray, labelled: np.ndarray, k: int, *, seed: int, radius: Optional[float], classes: int,
+            purity: float, edges: int) -> np.ndarray:
+    """ProbCover on the checked float32 pool ``x`` (both routes run exactly this)."""
+    if radius is None:
+        radius = purity_delta(x, min(classes, x.shape[0]), purity, seed)
+    indptr, indices = ball_graph(x, radius, edges)
+    return greedy_coverage(indptr, indices, labelled, k, np.random.default_rng(seed))
+
+
+def _shard_input(features: Any, k: Any, labeled: Any, delta: Any, seed: Any, pseudo_classes: Any, purity: Any,
+                 max_edges: Any, device: Any, threads: Any, progress: Any) -> ShardInput:
+    """This rank's checked arguments and float32 rows; rank 0 selects under its own thread limits."""
+    features = as_array(features, "features")
+    n, _ = check_float(features, "features", 2, "N rows x d features")
+    count = parse_count(k)
+    call = common(features, n, 0, labeled, "labeled", device=device, threads=threads, progress=progress,
+                  of="features")
+    options = _options(delta, seed, pseudo_classes, purity, max_edges)
+    blocked = np.zeros(n, dtype=bool)
+    blocked[call.rows] = True
+
+    def select(pool: np.ndarray, labelled: np.ndarray, kk: int) -> np.ndarray:
+        with call.limits():
+            return _select(pool, labelled, kk, **options)
+
+    return ShardInput(feature_matrix(features), blocked, dict(options, k=count), select)

@@ -13,6 +13,10 @@ distances, whose mean ranks rows slightly differently); k-means is faiss's rathe
 
 Cost: k-means O(iterations x N x (|L| + k) x d); typicality only for the clusters that give a pick,
 O(s^2 d) for a cluster of s rows (exact k-NN inside it); memory: a float32 copy of the features.
+
+Over row shards (``group=``) the pool is gathered on rank 0: the k-means and the in-cluster k-NN
+span every row, so each rank sends its float32 rows and labelled-row mask there, rank 0 runs the
+single-process selection and broadcasts the picks (:func:`.distributed.select_on_root`).
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ..core.checks import parse_int, parse_seed
+from ..core.checks import parse_count, parse_int, parse_seed
 from .strategy_inputs import as_array, check_float, common, feature_matrix, like_input
-from .distributed import refuse_group
+from .distributed import ShardInput, select_on_root
 
 __all__ = ["typiclust", "typicality", "kmeans_labels", "DEFAULT_NEIGHBOURS", "MIN_CLUSTER_SIZE"]
 
@@ -95,24 +99,65 @@ def typiclust(
             budgets, and a cluster then gives several picks).
         min_cluster_size: clusters of at most this many rows are used only when no larger one is.
         device, threads, progress: the contract's; k-means and k-NN run in faiss on the CPU.
+        group: a torch.distributed process group, or None. With a group, ``features`` is this
+            rank's shard (ranks hold consecutive rows in rank order; shards may be empty),
+            ``labeled`` is local to it, and the result is global row numbers, the same on every
+            rank and equal to one process's picks on the whole pool. The shards' float32 rows are
+            **gathered on rank 0**, which runs the selection (it needs memory for N x d float32
+            and the single-process working set; the other ranks wait, so the group's timeout
+            must exceed the run) and broadcasts the picks: the k-means and the in-cluster k-NN
+            span the whole pool (select_uncertain, bald, batchbald, kcenter_greedy, kmeans_pp
+            and badge shard without moving anything of size N). Options must be equal on every
+            rank (else every rank raises).
     """
-    refuse_group(group, "typiclust", "its k-means and in-cluster k-NN span the whole pool")
+    if group is not None:
+        options = (seed, neighbours, max_clusters, min_cluster_size, device, threads, progress)
+        return select_on_root(group, features, lambda: _shard_input(features, k, labeled, *options))
     features = as_array(features, "features")
     n, _ = check_float(features, "features", 2, "N rows x d features")
     call = common(features, n, k, labeled, "labeled", device=device, threads=threads, progress=progress,
                   of="features")
-    seed = parse_seed(seed)
-    neighbours = parse_int(neighbours, "neighbours", minimum=1)
-    cap = None if max_clusters is None else parse_int(max_clusters, "max_clusters", minimum=1)
-    min_size = parse_int(min_cluster_size, "min_cluster_size", minimum=0)
+    options = _options(seed, neighbours, max_clusters, min_cluster_size)
     x = feature_matrix(features)
     if call.k == 0:
         return like_input(np.empty(0, dtype=np.int64), features)
-    clusters = call.rows.size + call.k if cap is None else min(cap, call.rows.size + call.k)
     with call.limits():
-        labels = kmeans_labels(x, clusters, seed)
-        picks = _pick(x, labels, call.rows, call.k, neighbours, min_size)
+        picks = _select(x, call.rows, call.k, **options)
     return like_input(picks, features)
+
+
+def _options(seed: Any, neighbours: Any, max_clusters: Any, min_cluster_size: Any) -> Dict[str, Any]:
+    """The parsed options that shape the picks (keyword arguments of :func:`_select`)."""
+    return {"seed": parse_seed(seed), "neighbours": parse_int(neighbours, "neighbours", minimum=1),
+            "cap": None if max_clusters is None else parse_int(max_clusters, "max_clusters", minimum=1),
+            "min_size": parse_int(min_cluster_size, "min_cluster_size", minimum=0)}
+
+
+def _select(x: np.ndarray, labelled: np.ndarray, k: int, *, seed: int, neighbours: int, cap: Optional[int],
+            min_size: int) -> np.ndarray:
+    """TypiClust on the checked float32 pool ``x`` (both routes run exactly this)."""
+    clusters = labelled.size + k if cap is None else min(cap, labelled.size + k)
+    labels = kmeans_labels(x, clusters, seed)
+    return _pick(x, labels, labelled, k, neighbours, min_size)
+
+
+def _shard_input(features: Any, k: Any, labeled: Any, seed: Any, neighbours: Any, max_clusters: Any,
+                 min_cluster_size: Any, device: Any, threads: Any, progress: Any) -> ShardInput:
+    """This rank's checked arguments and float32 rows; rank 0 selects under its own thread limits."""
+    features = as_array(features, "features")
+    n, _ = check_float(features, "features", 2, "N rows x d features")
+    count = parse_count(k)
+    call = common(features, n, 0, labeled, "labeled", device=device, threads=threads, progress=progress,
+                  of="features")
+    options = _options(seed, neighbours, max_clusters, min_cluster_size)
+    blocked = np.zeros(n, dtype=bool)
+    blocked[call.rows] = True
+
+    def select(pool: np.ndarray, labelled: np.ndarray, kk: int) -> np.ndarray:
+        with call.limits():
+            return _select(pool, labelled, kk, **options)
+
+    return ShardInput(feature_matrix(features), blocked, dict(options, k=count), select)
 
 
 def _pick(x: np.ndarray, labels: np.ndarray, labelled: np.ndarray, k: int, neighbours: int,

@@ -36,6 +36,9 @@ class LabelsPending(Exception):
         self.path = path
         self.rows = rows
 
+    def __reduce__(self) -> "tuple[type, tuple[Path, int]]":  # picklable: a distributed run sends it to every rank
+        return LabelsPending, (self.path, self.rows)
+
 
 class OracleError(ValueError):
     """An answer file that cannot be read back."""

@@ -25,13 +25,14 @@ from typing import Any, Callable, Dict, Optional, Protocol
 
 import numpy as np
 
-from ..methods import Method, make_method, method_class
-from ..models.trainers import needs_teachers
+from ..methods import METHODS, Method, make_method, method_class
+from ..models.trainers import TRAINERS, needs_teachers
 from ..storage.cache import FeatureCache
 from ..storage.files import atomic_write_text
 from .config import ConfigError, RunConfig, check_budget
 from ..cases.case import Case
 from .context import RunContext, build_case
+from .distributed import from_root, is_root, stage
 from .oracle import FileOracle, OracleError, SimulatedOracle
 from .labelstudio import LabelStudioOracle
 from .state import RoundRecord, RunState, StateError, config_differences
@@ -77,29 +78,42 @@ def make_oracle(config: RunConfig, case: Case, run_dir: Path) -> Oracle:
 
 
 class Runner:
+    """One run of a config (see the module docstring). ``group``: a ``torch.distributed`` process
+    group to run on several processes (:mod:`.distributed`); rank 0 asks the oracle, writes the
+    state and echoes, every rank computes."""
+
     def __init__(self, config: RunConfig, run_dir: Path, *, resume: bool = False, progress: Optional[bool] = None,
-                 echo: Any = print, case: Optional[Case] = None) -> None:
+                 echo: Any = print, case: Optional[Case] = None, group: Any = None) -> None:
         self.config = config
         self.case = case
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.progress = progress
-        self.echo = echo
+        self.group = group
+        root = is_root(group)
+        self.progress = progress if root else False
+        self.echo = echo if root else (lambda *args, **kwargs: None)
         self.state_path = self.run_dir / "state.json"
+
+    def _save(self, state: RunState) -> None:
+        """The state on disk (atomically; by rank 0 only in a distributed run)."""
+        if is_root(self.group):
+            state.save(self.state_path)
 
     # -- set-up (everything that can fail on a bad config happens here, before any work) ------
     def prepare(self) -> RunContext:
         cfg = self.config
         case = self.case if self.case is not None else build_case(cfg)
         check_budget(cfg, len(case.pool))  # type: ignore[arg-type]
-        self.oracle = make_oracle(cfg, case, self.run_dir)
+        self.oracle = make_oracle(cfg, case, self.run_dir) if is_root(self.group) else None
         for spec in cfg.methods:  # before anything is written
             mode = spec.training or method_class(spec.method).default_training or cfg.training.mode
             if needs_teachers(mode) and not cfg.training.teachers:
                 raise ConfigError(f"method {spec.name!r} trains with {mode!r}, which needs pre-trained teachers: "
                                   "list them in [training] teachers = [...] (backbone ids)")
-        state = self._open_state(case)
-        ctx = RunContext(cfg, case, self.run_dir, state, self.progress)
+            if self.group is not None:
+                check_distributed(spec.name, method_class(spec.method), mode)
+        state = from_root(self.group, "opening the run state", lambda: self._open_state(case))
+        ctx = RunContext(cfg, case, self.run_dir, state, self.progress, group=self.group)
         self.methods = [make_method(spec, ctx) for spec in cfg.methods]
         return ctx
 
@@ -117,7 +131,7 @@ class Runner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "config.json", json.dumps(cfg_dict, indent=1))
         state = RunState(config=cfg_dict)
-        state.save(self.state_path)
+        self._save(state)
         return state
 
     # -- the run -------------------------------------------------------------------------------
@@ -129,7 +143,7 @@ class Runner:
             ctx.pool_features_or_none = ctx.extract(FeatureCache(self.run_dir / "cache"), ctx.fresh_backbone(), version=0)
             if "extract_pool_s" not in ctx.state.stages:
                 ctx.state.stages["extract_pool_s"] = round(time.perf_counter() - start, 3)
-                ctx.state.save(self.state_path)
+                self._save(ctx.state)
         # Methods whose selection trains the target model go first: their round-0 model trains once
         # and its accuracy is shared (memo) with every method that starts from the same labels.
         for method in sorted(self.methods, key=lambda m: not m.trains_every_round):
@@ -158,7 +172,9 @@ class Runner:
         if r == 0:
             picked, info = method.initial(target), {}  # type: Tuple[np.ndarray, Dict[str, Any]]
         else:
-            picked, info = method.select(r, labelled if method.nested else mstate.train_rows(r), target - len(labelled) if method.nested else target)
+            with stage(self.group, f"method {method.name!r}, selection of round {r}"):
+                picked, info = method.select(r, labelled if method.nested else mstate.train_rows(r),
+                                             target - len(labelled) if method.nested else target)
         select_s = time.perf_counter() - start if r > 0 else 0.0
         picked = self._checked_selection(method, r, picked, info, labelled)
         if method.nested:
@@ -169,7 +185,7 @@ class Runner:
         mstate.rounds.append(RoundRecord(round=r, n_labels=int(len(train_rows) if train_rows is not None else len(labelled) + len(new)),
                                          new=[int(x) for x in new], train_rows=train_rows, stage="selected",
                                          select_s=round(select_s, 3), info=info))
-        state.save(self.state_path)  # the choice is on disk before the oracle is asked: a resume reuses it
+        self._save(state)  # the choice is on disk before the oracle is asked: a resume reuses it
 
     def _label(self, method: Method, r: int) -> None:
         """Ask the oracle for the labels of round ``r``'s saved rows that are not known yet."""
@@ -178,14 +194,18 @@ class Runner:
         unknown = np.array([x for x in rec.new if int(x) not in state.labels], dtype=np.int64)
         if unknown.size:
             tag = f"{method.slug}-round{r:03d}"
-            if hasattr(self.oracle, "set_hints"):  # the selector's top class and uncertainty, saved at selection
-                hints = (rec.info or {}).get("hints") or {}
-                self.oracle.set_hints({int(row): (int(c), float(u)) for row, (c, u) in hints.items()})
-            answers = self._checked_answers(self.oracle.query(unknown, tag), unknown, tag)
+            # rank 0 asks; its answers (or its LabelsPending / error) reach every rank
+            answers = from_root(self.group, f"labelling batch {tag}", lambda: self._ask(rec, unknown, tag))
             state.labels.update({int(x): int(y) for x, y in zip(unknown, answers)})
         rec.stage = "labelled"
-        state.save(self.state_path)  # labels bought are on disk before any training starts
+        self._save(state)  # labels bought are on disk before any training starts
         self.echo(f"[{method.name}] round {r}: {rec.n_labels} labels (selection {rec.select_s:.1f} s)")
+
+    def _ask(self, rec: RoundRecord, unknown: np.ndarray, tag: str) -> np.ndarray:
+        if hasattr(self.oracle, "set_hints"):  # the selector's top class and uncertainty, saved at selection
+            hints = (rec.info or {}).get("hints") or {}
+            self.oracle.set_hints({int(row): (int(c), float(u)) for row, (c, u) in hints.items()})
+        return self._checked_answers(self.oracle.query(unknown, tag), unknown, tag)  # type: ignore[union-attr]
 
     def _checked_selection(self, method: Method, r: int, picked: Any, info: Any, labelled: np.ndarray) -> np.ndarray:
         """The method's rows as int64 after checking them (pool rows, no repeats, nothing bought
@@ -229,7 +249,7 @@ class Runner:
         rec = state.method(method.name).rounds[r]
         if not (self.config.evaluation.every_round or last or method.base == "random" or method.trains_every_round):
             rec.stage = "done"
-            state.save(self.state_path)
+            self._save(state)
             return
         rows = state.method(method.name).train_rows(r + 1)
         mode = method.training_mode()
@@ -248,7 +268,7 @@ class Runner:
             state.memo[key] = {"accuracy": rec.accuracy, "train_s": rec.train_s, "eval_s": rec.eval_s}
             method.on_trained(r, model)
         rec.stage = "done"
-        state.save(self.state_path)
+        self._save(state)
         self.echo(f"[{method.name}] round {r}: accuracy {rec.accuracy:.4f} (train {rec.train_s:.1f} s, eval {rec.eval_s:.1f} s)")
 
     def _memo_key(self, rows: np.ndarray, mode: str) -> str:
@@ -258,9 +278,21 @@ class Runner:
         return h.hexdigest()
 
 
+def check_distributed(name: str, method: Any, mode: str) -> None:
+    """ConfigError unless method ``name`` and its trainer ``mode`` run on several processes."""
+    if not method.distributed:
+        runs = sorted(n for n, cls in METHODS.items() if cls.distributed)
+        raise ConfigError(f"method {name!r} does not run under torchrun (several processes) yet; the methods that do: "
+                          f"{runs}. Run it on one process.")
+    if not getattr(TRAINERS.get(mode), "data_parallel", False):
+        raise ConfigError(f"method {name!r} trains with {mode!r}, which does not train data-parallel yet; under "
+                          f"torchrun use one of {sorted(n for n, f in TRAINERS.items() if getattr(f, 'data_parallel', False))}")
+
+
 def execute(config: RunConfig, run_dir: "Path | str", *, resume: bool = False, progress: Optional[bool] = None,
-            echo: Any = print, case: Optional[Case] = None) -> RunState:
+            echo: Any = print, case: Optional[Case] = None, group: Any = None) -> RunState:
     """Run (or resume) a configured experiment in ``run_dir``; returns the final state (no report:
     :func:`asvp_fast.loop.run` adds it). ``case``: a user-built :class:`Case` instead of the one
-    the config's ``[data]`` names."""
-    return Runner(config, Path(run_dir), resume=resume, progress=progress, echo=echo, case=case).run()
+    the config's ``[data]`` names. ``group``: a ``torch.distributed`` process group to run on
+    several processes (every rank calls this with the same arguments; see :mod:`.distributed`)."""
+    return Runner(config, Path(run_dir), resume=resume, progress=progress, echo=echo, case=case, group=group).run()

@@ -8,6 +8,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from ...acquisition.activeft import activeft_select
+from ..models.data_parallel import shard_range
 from .base import Method, derive_seed
 
 
@@ -16,11 +17,14 @@ class ActiveFTPreMethod(Method):
 
     uses_cache = True
     nested = False
+    distributed = True  # each rank normalises its shard; the optimisation runs on rank 0 (gathered)
 
     def initial(self, k: int) -> np.ndarray:
         return self.select(0, np.empty(0, np.int64), k)[0]
 
     def select(self, round_: int, labelled: np.ndarray, k: int) -> Tuple[np.ndarray, Dict[str, Any]]:
         budget = self.ctx.config.schedule.budgets()[round_]
-        rows = activeft_select(self.ctx.pool_features, budget, seed=derive_seed(self.ctx.config.seed, "activeft", budget))
+        lo, hi = shard_range(self.ctx.n_pool, self.ctx.group)
+        rows = activeft_select(self.ctx.pool_features[lo:hi], budget, group=self.ctx.group,
+                               seed=derive_seed(self.ctx.config.seed, "activeft", budget))
         return np.asarray(rows, dtype=np.int64), {}

@@ -91,7 +91,7 @@ class ASVPMethod(SVPpMethod):
     def features(self, version: int) -> np.ndarray:
         if version == 0:
             return self.ctx.pool_features
-        return FeatureCache(self.ctx.run_dir / "cache").load("pool", version, verify=False)
+        return self.ctx.load_features(FeatureCache(self.ctx.run_dir / "cache"), version)
 
     # -- one round -------------------------------------------------------------------------------
     def select(self, round_: int, labelled: np.ndarray, k: int) -> Tuple[np.ndarray, Dict[str, Any]]:

@@ -70,6 +70,7 @@ class MethodContext(Protocol):
     state: Any  # the RunState
     run_dir: Path
     progress: Optional[bool]
+    group: Any  # a distributed run's process group, None on one process
 
     @property
     def n_pool(self) -> int: ...
@@ -90,6 +91,10 @@ class MethodContext(Protocol):
 
     def drop_cache_version(self, cache: Any, version: int) -> None: ...
 
+    def load_features(self, cache: Any, version: int) -> np.ndarray: ...
+
+    def cache_versions(self, cache: Any) -> "list[int]": ...
+
     def train(self, rows: np.ndarray, mode: str) -> Classifier: ...
 
 
@@ -107,7 +112,8 @@ class Method:
     the pre-trained feature cache), ``nested`` (each round adds rows to the previous ones; False
     for one-shot methods that select each budget afresh) and ``compute`` (what its compute cost
     counts: ``"every-round"`` trainings, ``"final"`` training only, or ``"selection"``: feature
-    extraction + selections + the final training).
+    extraction + selections + the final training). ``distributed``: the method runs under
+    ``torchrun`` (its selector and strategy work on row shards with ``ctx.group``).
     """
 
     Options: ClassVar[Type[Any]] = NoOptions
@@ -116,6 +122,7 @@ class Method:
     uses_cache: ClassVar[bool] = False
     nested: ClassVar[bool] = True
     compute: ClassVar[str] = "selection"
+    distributed: ClassVar[bool] = False
 
     def __init__(self, spec: MethodSpec, ctx: MethodContext) -> None:
         self.spec = spec

@@ -15,6 +15,7 @@ class RandomMethod(Method):
     """Random sampling; its accuracy curve is what the other methods' savings are measured against."""
 
     compute = "final"
+    distributed = True
 
     def select(self, round_: int, labelled: np.ndarray, k: int) -> Tuple[np.ndarray, Dict[str, Any]]:
         return select("random", SelectorView(self.ctx.n_pool), labelled, k, seed=self.strategy_seed(round_)), {}

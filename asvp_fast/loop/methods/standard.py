@@ -20,6 +20,7 @@ class StandardMethod(Method):
 
     trains_every_round = True
     compute = "every-round"
+    distributed = True
 
     def __init__(self, spec: MethodSpec, ctx: MethodContext) -> None:
         super().__init__(spec, ctx)
@@ -44,13 +45,13 @@ class StandardMethod(Method):
 
         def extract(backbone: Any) -> np.ndarray:
             feats = ctx.extract(cache, backbone, version=round_, backbone_id=f"{self.name}@round{round_ - 1}")
-            for old in cache.versions("pool"):
+            for old in ctx.cache_versions(cache):
                 if old < round_:
                     ctx.drop_cache_version(cache, old)
             return feats
 
         selector = TargetModelSelector(self.model, extract, ctx.pool_features_or_none,
-                                       mc_samples=ctx.config.training.mc_samples)
+                                       mc_samples=ctx.config.training.mc_samples, group=ctx.group)
         view, timing = selector.view(labelled, ctx.state.labels_of(labelled), seed=self.strategy_seed(round_))
         info.update(timing)
         space = ctx.config.selection.space if ctx.pool_features_or_none is not None else "embedding"

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ...core.progress import task_bar
 from .backbones.base import Backbone
+from .mc_dropout import block_generator, keep_masks, mask_blocks
 
 
 class Classifier(nn.Module):
@@ -86,11 +87,13 @@ def clone_backbone(model: Classifier) -> Backbone:
 
 
 def head_mc_logits(head: nn.Linear, features: np.ndarray, rate: float, samples: int, *, seed: int = 0,
-                   chunk_rows: int = 65536) -> np.ndarray:
+                   row_offset: int = 0) -> np.ndarray:
     """MC-dropout logits (samples, N, C) float32 of a linear head over cached features: each pass
-    drops features with probability ``rate`` (scaled by 1/(1 - rate), as in training). The masks come
-    from a generator seeded with ``seed``, so the samples are deterministic and the global RNG is
-    not used. Features are read chunk by chunk (memmaps larger than RAM)."""
+    drops features with probability ``rate`` (scaled by 1/(1 - rate), as in training). The masks are
+    drawn per block of global rows from generators seeded with ``seed`` (:mod:`.mc_dropout`), so
+    the samples are deterministic, a row's samples do not depend on the rows around it
+    (``row_offset``: the global row of ``features``' first row, for a rank's shard), and the global
+    RNG is not used. Features are read block by block (memmaps larger than RAM)."""
     if not 0 < rate < 1:
         raise ValueError(f"MC dropout needs a rate in (0, 1), got {rate!r} (set training.head_dropout)")
     if samples < 2:
@@ -98,12 +101,12 @@ def head_mc_logits(head: nn.Linear, features: np.ndarray, rate: float, samples: 
     w = head.weight.detach().float().cpu()
     b = head.bias.detach().float().cpu()
     out = np.empty((samples, features.shape[0], w.shape[0]), dtype=np.float32)
-    gen = torch.Generator().manual_seed(int(seed))
     keep = 1.0 - rate
+    cpu = torch.device("cpu")
     with torch.inference_mode():
-        for s in range(0, features.shape[0], chunk_rows):
-            x = torch.from_numpy(np.array(features[s : s + chunk_rows], dtype=np.float32))
-            for t in range(samples):
-                mask = torch.rand(x.shape, generator=gen) < keep
-                out[t, s : s + chunk_rows] = torch.addmm(b, x * mask / keep, w.t()).numpy()
+        for block, lo, hi, first, last in mask_blocks(features.shape[0], row_offset):
+            x = torch.from_numpy(np.array(features[lo:hi], dtype=np.float32))
+            gen = block_generator(seed, block, cpu)
+            for t, mask in enumerate(keep_masks(gen, samples, x.shape[1], (first, last), keep, cpu)):
+                out[t, lo:hi] = torch.addmm(b, x * mask / keep, w.t()).numpy()
     return out

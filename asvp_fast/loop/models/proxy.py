@@ -18,6 +18,8 @@ from torch import nn
 from ...core.arrays import chunked_rows
 from ...core.devices import torch_device
 from ...core.progress import task_bar
+from .mc_dropout import block_generator, keep_masks, mask_blocks
+from .data_parallel import data_parallel, rank_and_world, rank_part
 from .seeding import seeded_torch
 
 
@@ -56,8 +58,12 @@ class MLPProxy(nn.Module):
 
 
 def train_proxy(features: np.ndarray, labelled: np.ndarray, labels: np.ndarray, num_classes: int,
-                config: ProxyConfig = ProxyConfig(), *, seed: int = 0, progress: Optional[bool] = False) -> MLPProxy:
-    """Train the proxy on the cached features of the labelled rows (deterministic for a seed)."""
+                config: ProxyConfig = ProxyConfig(), *, seed: int = 0, progress: Optional[bool] = False,
+                group: Any = None) -> MLPProxy:
+    """Train the proxy on the cached features of the labelled rows (deterministic for a seed).
+
+    ``group``: a ``torch.distributed`` process group to train data-parallel (every rank passes the
+    same rows and seed and gets the same model; see :mod:`.data_parallel`)."""
     labelled = np.asarray(labelled, dtype=np.int64)
     if labelled.size < 2:
         raise ValueError(f"the proxy needs at least 2 labelled rows to train (BatchNorm), got {labelled.size}")
@@ -74,19 +80,25 @@ def train_proxy(features: np.ndarray, labelled: np.ndarray, labels: np.ndarray, 
     # dropout draws from torch's global generator: seeded and forked, so the training is reproducible
     # and the caller's RNG untouched (without dropout nothing draws from it)
     with seeded_torch(seed + 1) if config.dropout > 0 else contextlib.nullcontext():
-        _epochs(model, opt, x, y, gen, config, bar)
+        with data_parallel(model, group, dev) as net:
+            _epochs(net, opt, x, y, gen, config, bar, group)
     if bar is not None:
         bar.close()
     return model.eval()
 
 
-def _epochs(model: MLPProxy, opt: Any, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, config: ProxyConfig,
-            bar: Any) -> None:
+def _epochs(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, config: ProxyConfig,
+            bar: Any, group: Any = None) -> None:
     dev = x.device
+    world = rank_and_world(group)[1]
     for _ in range(config.epochs):
         perm = torch.randperm(x.shape[0], generator=gen).to(dev)
         for batch in _batches(perm, config.batch_size):
-            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            if group is None:
+                loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            else:  # this rank's part of the global batch, scaled so DDP's average is its mean loss
+                part = rank_part(batch, group)
+                loss = nn.functional.cross_entropy(model(x[part]), y[part], reduction="sum") * (world / len(batch))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -132,23 +144,24 @@ def proxy_outputs(model: MLPProxy, features: np.ndarray, *, hidden: bool = True,
 
 @torch.inference_mode()
 def proxy_mc_logits(model: MLPProxy, features: np.ndarray, samples: int, *, seed: int = 0, batch_size: int = 16384,
-                    out: Optional[np.ndarray] = None) -> np.ndarray:
+                    out: Optional[np.ndarray] = None, row_offset: int = 0) -> np.ndarray:
     """MC-dropout logits (samples, N, C) float32: ``samples`` stochastic passes of the head with dropout
     on the hidden layer (rate ``model.dropout``; BatchNorm in eval mode). The hidden layer is computed
-    once per chunk; the dropout masks come from a generator seeded with ``seed`` (deterministic for a
-    seed and batch size; the global RNG is not used). ``out``: e.g. a float32 memmap of that shape."""
+    once per block of rows; the dropout masks are drawn per block of global rows from generators
+    seeded with ``seed`` (:mod:`.mc_dropout`): deterministic for a seed, the same for a row whichever
+    rows around it are computed (``row_offset``: the global row of ``features``' first row, for a
+    rank's shard), and the global RNG is not used. ``out``: e.g. a float32 memmap of that shape."""
     if model.dropout <= 0:
         raise ValueError("MC dropout needs a proxy trained with dropout > 0 ([proxy] dropout)")
     dev = next(model.parameters()).device
     n = features.shape[0]
     classes = model.head.out_features
     result = out if out is not None else np.empty((samples, n, classes), dtype=np.float32)
-    gen = torch.Generator(device=dev).manual_seed(int(seed))
     keep = 1.0 - model.dropout
     deterministic = nn.Sequential(*[m for m in model.embed if not isinstance(m, nn.Dropout)])
-    for rows in chunked_rows(n, features.shape[1], target_bytes=batch_size * features.shape[1] * 4):
-        h = deterministic(torch.from_numpy(np.array(features[rows], dtype=np.float32)).to(dev))
-        for t in range(samples):
-            mask = torch.rand(h.shape, generator=gen, device=dev) < keep
-            result[t, rows] = model.head(h * mask / keep).float().cpu().numpy()
+    for block, lo, hi, a, b in mask_blocks(n, row_offset):
+        h = deterministic(torch.from_numpy(np.array(features[lo:hi], dtype=np.float32)).to(dev))
+        gen = block_generator(seed, block, dev)
+        for t, mask in enumerate(keep_masks(gen, samples, h.shape[1], (a, b), keep, dev)):
+            result[t, lo:hi] = model.head(h * mask / keep).float().cpu().numpy()
     return result

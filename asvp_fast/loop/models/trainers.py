@@ -30,6 +30,7 @@ from ...core.devices import torch_device
 from ...core.progress import task_bar
 from .backbones.base import Backbone
 from .classifier import Classifier
+from .data_parallel import data_parallel, global_rows_and_finite, rank_and_world, rank_part
 from .seeding import seeded_torch
 
 
@@ -107,11 +108,13 @@ class _Labelled(Dataset):  # type: ignore[type-arg]
 
 
 class NoSingletonBatches(Sampler):  # type: ignore[type-arg]
-    """Batches of ``batch_size`` indices from ``sampler`` in its order; a trailing batch of one index
-    is merged into the previous batch (BatchNorm layers cannot train on one row)."""
+    """Batches of ``batch_size`` indices from ``sampler`` in its order; a trailing batch of fewer than
+    ``min_last`` indices (default 2) is merged into the previous batch: BatchNorm layers cannot train
+    on one row, and in data-parallel training (``min_last`` = the number of ranks) every rank needs
+    a row of every batch."""
 
-    def __init__(self, sampler: Any, batch_size: int) -> None:
-        self.sampler, self.batch_size = sampler, int(batch_size)
+    def __init__(self, sampler: Any, batch_size: int, min_last: int = 2) -> None:
+        self.sampler, self.batch_size, self.min_last = sampler, int(batch_size), max(2, int(min_last))
 
     def __iter__(self) -> Any:
         batch: List[int] = []
@@ -122,7 +125,7 @@ class NoSingletonBatches(Sampler):  # type: ignore[type-arg]
                 if pending is not None:
                     yield pending
                 pending, batch = batch, []
-        if len(batch) == 1 and pending is not None:
+        if 0 < len(batch) < self.min_last and pending is not None:
             pending = pending + batch
             batch = []
         if pending is not None:
@@ -133,7 +136,22 @@ class NoSingletonBatches(Sampler):  # type: ignore[type-arg]
     def __len__(self) -> int:
         n = len(self.sampler)
         full, rest = divmod(n, self.batch_size)
-        return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+        return full + (1 if rest >= self.min_last or (rest > 0 and full == 0) else 0)
+
+
+class RankParts(Sampler):  # type: ignore[type-arg]
+    """This rank's consecutive part of each global batch of ``batches`` (data-parallel training:
+    every rank draws the same global batches from the same seeded generator)."""
+
+    def __init__(self, batches: Any, group: Any) -> None:
+        self.batches, self.group = batches, group
+
+    def __iter__(self) -> Any:
+        for batch in self.batches:
+            yield rank_part(batch, self.group)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class _CollateWithLabels:
@@ -190,6 +208,9 @@ class TrainJob:
     # AFT/KD: the teachers' features of the whole pool (rows = pool rows), e.g. a
     # storage.teachers.ConcatenatedFeatures; None for trainers that need none
     teacher_features: Optional[Any] = None
+    # a torch.distributed process group: fine-tune data-parallel (DDP), every rank passing the
+    # same job and getting the same model (see data_parallel); None: one process
+    group: Any = None
 
 
 class Trainer(ABC):
@@ -197,6 +218,8 @@ class Trainer(ABC):
     trainer reads ``job.teacher_features`` (the engine then extracts ``training.teachers``)."""
 
     needs_teachers: bool = False
+    # trains data-parallel when the job has a process group (see TrainJob.group)
+    data_parallel: bool = False
 
     @abstractmethod
     def train(self, job: TrainJob) -> Classifier:
@@ -206,12 +229,17 @@ class Trainer(ABC):
 class FineTune(Trainer):
     """FT: backbone and head trained together (SGD, separate learning rates, cosine schedule)."""
 
+    data_parallel = True
+
     def train(self, job: TrainJob) -> Classifier:
         return _train(job, linear_probe_first=False)
 
 
 class LinearProbeThenFineTune(Trainer):
-    """LP-FT (Kumar et al. 2022): the head fitted alone on frozen features, then FT from it."""
+    """LP-FT (Kumar et al. 2022): the head fitted alone on frozen features, then FT from it. The
+    linear probe is a small convex fit on cached features: every rank runs it whole (identically)."""
+
+    data_parallel = True
 
     def train(self, job: TrainJob) -> Classifier:
         return _train(job, linear_probe_first=True)
@@ -252,11 +280,17 @@ def train_classifier(
     lp_features: Optional[np.ndarray] = None,
     progress: Optional[bool] = None,
     teacher_features: Optional[Any] = None,
+    group: Any = None,
 ) -> Classifier:
-    """Train backbone + head on the labelled ``rows`` of ``pool`` with the trainer ``config.mode``."""
+    """Train backbone + head on the labelled ``rows`` of ``pool`` with the trainer ``config.mode``
+    (data-parallel over ``group``'s ranks when one is given: FT and LP-FT)."""
+    trainer = make_trainer(config.mode)
+    if group is not None and not getattr(trainer, "data_parallel", False):
+        raise ValueError(f"training mode {config.mode!r} does not train data-parallel (under torchrun); "
+                         f"the ones that do: {sorted(n for n, f in TRAINERS.items() if getattr(f, 'data_parallel', False))}")
     job = TrainJob(make_backbone, pool, collate, np.asarray(rows, dtype=np.int64), np.asarray(labels, dtype=np.int64),
-                   num_classes, config, seed, lp_features, progress, teacher_features)
-    return make_trainer(config.mode).train(job)
+                   num_classes, config, seed, lp_features, progress, teacher_features, group)
+    return trainer.train(job)
 
 
 def _train(job: TrainJob, *, linear_probe_first: bool) -> Classifier:
@@ -275,7 +309,8 @@ def _train(job: TrainJob, *, linear_probe_first: bool) -> Classifier:
             feats = (job.lp_features[rows] if job.lp_features is not None
                      else _live_features(model.backbone, job.pool, job.collate, rows, config, dev))
             _linear_probe(model.head, np.asarray(feats, dtype=np.float32), labels, config, seed=seed, device=dev)
-        _fine_tune(model, job.pool, job.collate, rows, labels, config, seed=seed, device=dev, progress=job.progress)
+        _fine_tune(model, job.pool, job.collate, rows, labels, config, seed=seed, device=dev, progress=job.progress,
+                   group=job.group)
     return model.eval()
 
 
@@ -306,9 +341,12 @@ def _linear_probe(head: nn.Linear, feats: np.ndarray, labels: np.ndarray, config
 
 
 def _fine_tune(model: Classifier, pool: Any, collate: Any, rows: np.ndarray, labels: np.ndarray, config: TrainConfig,
-               *, seed: int, device: torch.device, progress: Optional[bool]) -> None:
+               *, seed: int, device: torch.device, progress: Optional[bool], group: Any = None) -> None:
     if config.epochs <= 0:
         return
+    world = rank_and_world(group)[1]
+    if len(rows) < world:
+        raise ValueError(f"data-parallel fine-tuning on {world} ranks needs at least {world} labelled rows, got {len(rows)}")
     head_params = list(model.head.parameters())
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
     groups = [{"params": head_params, "lr": config.head_lr}]
@@ -318,8 +356,12 @@ def _fine_tune(model: Classifier, pool: Any, collate: Any, rows: np.ndarray, lab
     gen = torch.Generator().manual_seed(int(seed) + 2)
     data = _Labelled(pool, rows, labels)
     # The same shuffled batches as DataLoader(shuffle=True, generator=gen), except that a last batch of
-    # one row joins the one before: BatchNorm cannot train on a single row.
-    batches = NoSingletonBatches(RandomSampler(data, generator=gen), config.batch_size)
+    # one row joins the one before: BatchNorm cannot train on a single row. Data-parallel: every rank
+    # draws these same global batches and trains on its part of each (a last batch with fewer rows
+    # than ranks joins the one before too).
+    batches: Any = NoSingletonBatches(RandomSampler(data, generator=gen), config.batch_size, min_last=world)
+    if group is not None:
+        batches = RankParts(batches, group)
     loader = DataLoader(data, batch_sampler=batches, generator=gen, collate_fn=_CollateWithLabels(collate),
                         num_workers=config.num_workers, pin_memory=device.type == "cuda")
     steps = config.epochs * len(loader)
@@ -328,10 +370,30 @@ def _fine_tune(model: Classifier, pool: Any, collate: Any, rows: np.ndarray, lab
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     bar: Any = task_bar(steps, "fine-tune", progress, unit="step")
     model.train()
+    with data_parallel(model, group, device) as net:
+        _fine_tune_epochs(net, model.backbone, loader, opt, sched, scaler, config, device, use_amp, bar, group)
+    if bar is not None:
+        bar.close()
+    model.eval()
+
+
+def _fine_tune_epochs(net: nn.Module, backbone: Backbone, loader: Any, opt: Any, sched: Any, scaler: Any,
+                      config: TrainConfig, device: torch.device, use_amp: bool, bar: Any, group: Any) -> None:
+    world = rank_and_world(group)[1]
     for epoch in range(config.epochs):
         for batch, y in loader:
+            y = y.to(device)
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                loss = nn.functional.cross_entropy(model(model.backbone.to_device(batch, device)), y.to(device))
+                out = net(backbone.to_device(batch, device))
+                if group is None:
+                    loss = nn.functional.cross_entropy(out, y)
+                else:
+                    loss = nn.functional.cross_entropy(out, y, reduction="sum")
+            if group is not None:  # scaled so that DDP's average over ranks is the global batch's mean loss
+                rows, finite = global_rows_and_finite(len(y), loss, group, device)
+                loss = loss * (world / rows)
+                if not finite and not use_amp:  # every rank raises together, none waits in a collective
+                    loss = loss * float("nan")
             if not use_amp:  # with AMP the scaler skips steps whose gradients overflow
                 _check_loss(loss, "fine-tuning", epoch, "training.head_lr / training.backbone_lr")
             opt.zero_grad(set_to_none=True)
@@ -341,9 +403,6 @@ def _fine_tune(model: Classifier, pool: Any, collate: Any, rows: np.ndarray, lab
             sched.step()
             if bar is not None:
                 bar.update(1)
-    if bar is not None:
-        bar.close()
-    model.eval()
 
 
 @torch.inference_mode()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from ...acquisition.probcover import probcover
 from ...acquisition.typiclust import typiclust
 from ...acquisition.diversity import badge, kcenter_greedy
 from ...acquisition.uncertainty import select_uncertain
+from ..models.data_parallel import rank_and_world
 from .view import SelectorView
 
 
@@ -37,46 +38,69 @@ def _random(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: 
     return np.random.default_rng(seed).choice(free, size=k, replace=False).astype(np.int64)
 
 
+# In a distributed run (``view.group``) the view's arrays are this rank's shard: the labelled rows
+# are passed as the shard's local indices (``view.local``) and the kernels' ``group=`` merges the
+# ranks' candidates into the one process's picks (global rows). "Labelled rows or none" is decided
+# from the global set, so every rank makes the same choice.
+
+def _labelled_or_none(view: SelectorView, labelled: np.ndarray) -> Optional[np.ndarray]:
+    return view.local(labelled) if labelled.size else None
+
+
 def _uncertainty(kind: str) -> StrategyFn:
     def pick(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
-        return np.asarray(select_uncertain(view.need_logits(kind), k, kind, from_logits=True, exclude=labelled))  # type: ignore[arg-type]
+        return np.asarray(select_uncertain(view.need_logits(kind), k, kind, from_logits=True,  # type: ignore[arg-type]
+                                           exclude=view.local(labelled), group=view.group))
 
     return pick
 
 
 def _coreset(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
-    return np.asarray(kcenter_greedy(view.space(space), k, labeled=labelled if labelled.size else None, seed=seed))
+    return np.asarray(kcenter_greedy(view.space(space), k, labeled=_labelled_or_none(view, labelled), seed=seed,
+                                     group=view.group))
+
+
+def softmax_rows(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (float64 arithmetic, float32 result): one function of each row alone, so a
+    rank's shard gets exactly the probabilities one process computes for those rows."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _badge(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
-    return np.asarray(badge(view.need_logits("badge"), view.space(space), k, from_logits=True,
-                            exclude=labelled if labelled.size else None, seed=seed))
+    # probabilities, not from_logits: the same per-row softmax on one process and on shards
+    return np.asarray(badge(softmax_rows(view.need_logits("badge")), view.space(space), k,
+                            exclude=_labelled_or_none(view, labelled), seed=seed, group=view.group))
 
 
 def _activeft(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
-    return np.asarray(activeft_select(view.space(space), k, labeled=labelled if labelled.size else None, seed=seed))
+    return np.asarray(activeft_select(view.space(space), k, labeled=_labelled_or_none(view, labelled), seed=seed,
+                                      group=view.group))
 
 
 def _bald(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
-    return np.asarray(bald(view.need_mc_logits("bald"), k, from_logits=True, exclude=labelled))
+    return np.asarray(bald(view.need_mc_logits("bald"), k, from_logits=True, exclude=view.local(labelled),
+                           group=view.group))
 
 
 def _batchbald(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
     # the greedy scores the rows of largest BALD only: max(10 k, 1000) of them (the budget, see batchbald)
     free = view.n - np.unique(labelled).size
-    return np.asarray(batchbald(view.need_mc_logits("batchbald"), k, from_logits=True, exclude=labelled,
-                                seed=seed, candidates=min(free, max(10 * k, 1000))))
+    return np.asarray(batchbald(view.need_mc_logits("batchbald"), k, from_logits=True, exclude=view.local(labelled),
+                                seed=seed, candidates=min(free, max(10 * k, 1000)), group=view.group))
 
 
 def _typiclust(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
-    return np.asarray(typiclust(view.space(space), k, labeled=labelled if labelled.size else None, seed=seed))
+    return np.asarray(typiclust(view.space(space), k, labeled=_labelled_or_none(view, labelled), seed=seed,
+                                group=view.group))
 
 
 def _probcover(view: SelectorView, labelled: np.ndarray, k: int, seed: int, space: str) -> np.ndarray:
     # the purity rule's pseudo-labels: as many k-means clusters as the selector has classes
     classes = view.logits.shape[1] if view.logits is not None and view.logits.shape[1] >= 2 else 10
-    return np.asarray(probcover(view.space(space), k, labeled=labelled if labelled.size else None, seed=seed,
-                                pseudo_classes=classes))
+    return np.asarray(probcover(view.space(space), k, labeled=_labelled_or_none(view, labelled), seed=seed,
+                                pseudo_classes=classes, group=view.group))
 
 
 # Cluster-Margin's clustering, computed once per embedding and reused across rounds (the paper
@@ -93,11 +117,13 @@ def fingerprint(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def pool_clustering(embedding: np.ndarray, seed: int = 0) -> np.ndarray:
-    """:func:`hac_clusters` of ``embedding``, cached in memory by :func:`fingerprint`."""
-    key = f"{fingerprint(embedding)}:{seed}"
+def pool_clustering(embedding: np.ndarray, seed: int = 0, group: Any = None) -> np.ndarray:
+    """:func:`hac_clusters` of ``embedding``, cached in memory by :func:`fingerprint` (with a group:
+    this rank's slice of the whole pool's clustering, ``embedding`` being its shard)."""
+    rank, world = rank_and_world(group)
+    key = f"{fingerprint(embedding)}:{seed}:{rank}/{world}"
     if key not in _CLUSTERINGS:
-        _CLUSTERINGS[key] = hac_clusters(embedding, seed=seed)
+        _CLUSTERINGS[key] = hac_clusters(embedding, seed=seed, group=group)
         while len(_CLUSTERINGS) > _CLUSTERINGS_KEPT:
             _CLUSTERINGS.popitem(last=False)
     _CLUSTERINGS.move_to_end(key)
@@ -109,8 +135,8 @@ def _cluster_margin(view: SelectorView, labelled: np.ndarray, k: int, seed: int,
     # else the selection space
     embedding = view.features if view.features is not None else view.space(space)
     return np.asarray(cluster_margin(view.need_logits("cluster_margin"), None, k, from_logits=True,
-                                     exclude=labelled if labelled.size else None, seed=seed,
-                                     clustering=pool_clustering(embedding)))
+                                     exclude=_labelled_or_none(view, labelled), seed=seed,
+                                     clustering=pool_clustering(embedding, group=view.group), group=view.group))
 
 
 STRATEGIES: Dict[str, StrategyFn] = {

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from ..models.data_parallel import shard_range
 
 
 @dataclass
@@ -16,6 +18,10 @@ class SelectorView:
     (the proxy's hidden layer, or the fine-tuned backbone's features); ``features`` (N, d): the
     cached pre-trained features; ``mc_logits``: makes (T, N, C) MC-dropout logits on demand (BALD,
     BatchBALD), None when the selector has no dropout.
+
+    ``group``: in a distributed run, the process group; the arrays then hold only this rank's shard
+    of the pool (rows :attr:`shard`, consecutive, in rank order) and strategies select with the
+    ``group=`` kernels. ``n`` is always the whole pool's size and row numbers are global.
     """
 
     n: int
@@ -23,6 +29,20 @@ class SelectorView:
     embedding: Optional[np.ndarray] = None
     features: Optional[np.ndarray] = None
     mc_logits: Optional[Callable[[], np.ndarray]] = None
+    group: Any = None
+
+    @property
+    def shard(self) -> Tuple[int, int]:
+        """The global rows [lo, hi) this rank's arrays hold (the whole pool without a group)."""
+        return shard_range(self.n, self.group)
+
+    def local(self, rows: np.ndarray) -> np.ndarray:
+        """The global ``rows`` that lie in this rank's shard, as indices into its arrays."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.group is None:
+            return rows
+        lo, hi = self.shard
+        return rows[(rows >= lo) & (rows < hi)] - lo
 
     def space(self, name: str) -> np.ndarray:
         """The embedding that diversity strategies work in: ``"embedding"`` or ``"features"``."""
@@ -48,12 +68,28 @@ class SelectorView:
             self._mc_cache = self.mc_logits()
         return self._mc_cache
 
+    def _all_offsets(self) -> List[int]:
+        import torch.distributed as dist
+
+        world = dist.get_world_size(self.group)
+        return [r * self.n // world for r in range(world)]
+
     def hints(self, rows: np.ndarray) -> Dict[str, List[float]]:
         """For annotators: pool row → [top class, uncertainty in [0, 1]] of the selector, where the
         uncertainty is 1 − (p₍₁₎ − p₍₂₎) of the softmax (1: a tie, 0: certain). Keys are strings, so
         the mapping round-trips through the JSON run state. Empty without class scores."""
         if self.logits is None or len(rows) == 0:
             return {}
+        if self.group is not None:  # each rank describes its own rows; every rank gets them all
+            import torch.distributed as dist
+
+            lo = self.shard[0]
+            mine = np.asarray(rows, dtype=np.int64)
+            mine = mine[(mine >= lo) & (mine < self.shard[1])]
+            parts: List[Any] = [None] * dist.get_world_size(self.group)
+            dist.all_gather_object(parts, SelectorView(len(self.logits), logits=self.logits).hints(mine - lo), group=self.group)
+            merged = {int(k) + lo_r: v for part, lo_r in zip(parts, self._all_offsets()) for k, v in part.items()}
+            return {str(int(r)): merged[int(r)] for r in rows}  # in the order of ``rows``, as one process
         logits = np.asarray(self.logits[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)

@@ -158,15 +158,37 @@ class ShardedFeatures:
 class ShardedFeatureCache:
     """Extraction by shards and re-sharded reading (see the module docstring)."""
 
-    def __init__(self, root: "Path | str") -> None:
+    def __init__(self, root: "Path | str", *, replace_stale: bool = False) -> None:
         self.root = Path(root)
+        self.replace_stale = replace_stale  # passed to each shard's FeatureCache
 
     def manifest_path(self, split: str, version: int) -> Path:
         return self.root / f"{split}.v{int(version)}.shards.json"
 
     def shard_cache(self, split: str, version: int, rank: int, world: int) -> FeatureCache:
         """The ordinary cache holding rank ``rank`` of ``world``'s rows."""
-        return FeatureCache(self.root / "shards" / f"{split}.v{int(version)}.of{int(world)}" / f"rank{int(rank)}")
+        return FeatureCache(self.root / "shards" / f"{split}.v{int(version)}.of{int(world)}" / f"rank{int(rank)}",
+                            replace_stale=self.replace_stale)
+
+    def versions(self, split: str) -> List[int]:
+        """Versions of ``split`` whose whole manifest exists (all shards finished)."""
+        found = []
+        for p in self.root.glob(f"{split}.v*.shards.json"):
+            middle = p.name[len(split) + 2 : -len(".shards.json")]
+            if middle.isascii() and middle.isdigit():
+                found.append(int(middle))
+        return sorted(found)
+
+    def discard(self, split: str, version: int) -> None:
+        """Remove a version: the whole's manifest first (it must never describe missing shards),
+        then every layout's shards of it."""
+        import shutil
+
+        path = self.manifest_path(split, version)
+        if path.exists():
+            path.unlink()
+        for layout in (self.root / "shards").glob(f"{split}.v{int(version)}.of*"):
+            shutil.rmtree(layout, ignore_errors=True)
 
     @staticmethod
     def shard_dataset_id(dataset_id: str, lo: int, hi: int) -> str:

@@ -1,0 +1,179 @@
+"""The active-learning loop on several processes, launched as users launch it:
+``torchrun --standalone --nproc-per-node N -m asvp_fast run CONFIG -o DIR`` (gloo on the CPU).
+
+A 2-rank run equals the 1-process run of the same config (the same rows bought in every round of
+every method, the same accuracies); a run paused for labels resumes with another number of ranks
+and ends as the 1-process run; a rank that fails stops every rank with a clear error, no hang;
+methods that do not run on shards are refused before any work.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+from asvp_fast.loop import run  # noqa: E402
+from asvp_fast.loop.cases.builtin import synthetic_case  # noqa: E402
+from asvp_fast.loop.engine.config import load_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# every strategy family the loop shards exactly: uncertainty (margin), k-center (coreset), BADGE;
+# the proxy (SVPp), the target model (standard AL) and ASVP with a forced feature refresh
+# (data-parallel fine-tuning + a sharded re-extraction)
+ALL_METHODS = """["random", "svpp", { method = "svpp", name = "svpp-badge", strategy = "badge" },
+           { method = "svpp", name = "svpp-coreset", strategy = "coreset" },
+           { method = "svpp", name = "svpp-typiclust", strategy = "typiclust" }, "standard", "asvp", "activeft-pre"]"""
+CONFIG = """seed = 5
+methods = {methods}
+[data]
+case = "synthetic"
+pool_size = 601
+test_size = 203
+[schedule]
+initial = 40
+steps = [{{ until = 120, step = 40 }}]
+[training]
+epochs = 2
+batch_size = 16
+lp_epochs = 2
+[proxy]
+epochs = 8
+batch_size = 32
+[asvp]
+force_refresh_round = 1
+[oracle]
+kind = "{oracle}"
+"""
+
+
+def _config(path: Path, *, oracle: str = "simulated", methods: str = ALL_METHODS) -> Path:
+    path.write_text(CONFIG.format(oracle=oracle, methods=methods))
+    return path
+
+
+def _torchrun(ranks: int, config: Path, out: Path, *extra: str, env: "dict | None" = None,
+              launcher: "tuple[str, ...]" = ()) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node RANKS -m asvp_fast run CONFIG -o OUT`` (one
+    thread per rank, as torchrun sets by default; a 120 s group timeout)."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+                   "ASVP_DIST_TIMEOUT_S": "120", "OMP_NUM_THREADS": "1", **(env or {})}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", *launcher,
+               "-m", "asvp_fast", "run", str(config), "-o", str(out), "--no-progress", *extra]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+
+
+def _outcome(state_path: Path):
+    """Per method and round: the rows bought, the label count, the accuracy (6 decimals), the
+    stage; and every label."""
+    state = json.loads(state_path.read_text())
+    rounds = {name: [(r["round"], r["n_labels"], r["new"], round(r["accuracy"], 6) if r.get("accuracy") is not None
+                      else None, r["stage"]) for r in rs] for name, rs in state["methods"].items()}
+    return rounds, state["labels"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The reference: the same config on one process (in this interpreter, one thread)."""
+    path = _config(tmp_path_factory.mktemp("one") / "run.toml")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the ranks' thread count: the same float summation order in BLAS
+    try:
+        run(load_config(path), path.parent / "out", echo=lambda *a, **k: None, report=False)
+    finally:
+        torch.set_num_threads(before)
+    return _outcome(path.parent / "out" / "state.json")
+
+
+def test_two_ranks_buy_the_rows_one_process_buys(one_process, tmp_path):
+    config = _config(tmp_path / "run.toml")
+    done = _torchrun(2, config, tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-4000:]
+    rounds, labels = _outcome(tmp_path / "out" / "state.json")
+    assert labels == one_process[1]
+    assert rounds == one_process[0]
+    # one sharded cache, written by both ranks, read back whole; the report by rank 0 only
+    whole = json.loads((tmp_path / "out" / "cache" / "pool.v0.shards.json").read_text())
+    assert whole["bounds"] == [0, 300, 601] and whole["n"] == 601
+    assert (tmp_path / "out" / "results.md").exists()
+    assert done.stdout.count("run directory:") == 1
+
+
+def _answer(pending: Path, truth) -> None:
+    rows = list(csv.DictReader(io.StringIO(pending.read_text())))
+    with pending.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "item", "label"])
+        for r in rows:
+            w.writerow([r["index"], r["item"], int(truth.pool_labels[int(r["index"])])])
+
+
+def test_a_paused_run_resumes_with_another_number_of_ranks(one_process, tmp_path):
+    """The file oracle pauses the run at every batch; each resume uses another rank count
+    (2, 1, 3, 2, ...) and the finished run equals the 1-process run with simulated labels."""
+    config = _config(tmp_path / "run.toml", oracle="file", methods='["svpp", "asvp"]')
+    truth = synthetic_case(pool_size=601, test_size=203, seed=0)
+    out = tmp_path / "out"
+    ranks = [2, 1, 3]
+    for attempt in range(12):
+        extra = ("--resume",) if (out / "state.json").exists() else ()
+        done = _torchrun(ranks[attempt % 3], config, out, *extra)
+        if done.returncode == 0:
+            break
+        assert done.returncode != 0 and "items to label were written to" in done.stderr, done.stderr[-4000:]
+        for pending in (out / "labels").glob("*.csv"):
+            if list(csv.DictReader(io.StringIO(pending.read_text())))[0]["label"] == "":
+                _answer(pending, truth)
+    else:
+        pytest.fail("the run did not finish")
+    rounds, labels = _outcome(out / "state.json")
+    assert rounds == {name: one_process[0][name] for name in ("svpp", "asvp")}
+
+
+def test_a_failing_rank_stops_every_rank_with_a_clear_error(tmp_path):
+    """Rank 1 fails inside its proxy training (an unreadable feature row, simulated); rank 0
+    must not hang in the next collective but stop with an error naming the stage."""
+    config = _config(tmp_path / "run.toml", methods='["svpp"]')
+    hook = tmp_path / "sitecustomize.py"
+    hook.write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import asvp_fast.loop.models.proxy as proxy\n"
+        "    def broken(*args, **kwargs):\n"
+        "        raise OSError('simulated: a feature shard cannot be read on rank 1')\n"
+        "    proxy.train_proxy = broken\n"
+        "    import asvp_fast.loop.selection.selectors as selectors\n"
+        "    selectors.train_proxy = broken\n")
+    # torchrun checks its workers every 10 s here, so it does not stop rank 0 before rank 0 has
+    # met the failure itself (it would, within its default 0.1 s, once rank 1 exits)
+    done = _torchrun(2, config, tmp_path / "out", env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+                                                       "ASVP_DIST_TIMEOUT_S": "60"}, launcher=("--monitor-interval=10",))
+    assert done.returncode != 0
+    assert "simulated: a feature shard cannot be read on rank 1" in done.stderr
+    # rank 0 did not hang: it stopped at its next collective, naming the stage
+    assert "DistributedRunError: rank 0 of 2: method 'svpp', selection of round 1 stopped because another rank" \
+        in done.stderr
+    # the state on disk is intact: round 0 bought and trained, round 1 not selected
+    state = json.loads((tmp_path / "out" / "state.json").read_text())
+    assert [r["stage"] for r in state["methods"]["svpp"]] == ["done"]
+
+
+def test_methods_that_do_not_shard_are_refused_before_any_work(tmp_path):
+    config = _config(tmp_path / "run.toml", methods='["prunefuse"]')
+    done = _torchrun(2, config, tmp_path / "out")
+    assert done.returncode != 0  # torchrun's own code for a failed worker (the workers exit with 2)
+    assert "exitcode  : 2" in done.stderr
+    assert "does not run under torchrun" in done.stderr and "'svpp'" in done.stderr
+    assert not (tmp_path / "out" / "state.json").exists()
