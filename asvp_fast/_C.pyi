@@ -50,3 +50,18 @@ def diversity(
     workspace: Any = None,
     cuda_device: int = -1,
 ) -> Dict[str, Any]: ...
+def shard_fold_in(
+    x: Any,
+    centre: Any,
+    r: Any,
+    probs: Any = None,
+    y: Any = None,
+    qn: Any = None,
+    hn: Any = None,
+    threads: int = 0,
+    stream: int = 0,
+) -> None: ...
+def shard_badge_norms(probs: Any, features: Any, y: Any, qn: Any, hn: Any, stream: int = 0) -> None: ...
+def shard_fold_cuda_rendering(x: Any, centre: Any, r: Any, probs: Any = None, y: Any = None, qn: Any = None,
+                              hn: Any = None, width: int = 4) -> Any: ...
+def shard_badge_norms_rendering(probs: Any, features: Any) -> Any: ...

@@ -328,10 +328,14 @@ void run_uncertainty(const py::object& x_obj, int kind, bool from_logits, bool v
 
 using FloatRows = py::array_t<float, py::array::c_style>;
 
-// Sharded selection's per-pick update of this rank's distances (see ShardFoldIn): float32
-// C-contiguous arrays, r updated in place; the GIL is released.
-void run_shard_fold_in(const FloatRows& x, const FloatRows& centre, FloatRows r, const py::object& probs_obj,
-                       const py::object& y_obj, const py::object& qn_obj, const py::object& hn_obj, int64_t threads) {
+bool is_float_dtype(DType t) {
+  return t == DType::Float16 || t == DType::BFloat16 || t == DType::Float32 || t == DType::Float64;
+}
+
+// Sharded selection's per-pick update of this rank's distances (see ShardFoldIn) on the host:
+// float32 C-contiguous arrays, r updated in place; the GIL is released.
+void shard_fold_in_host(const FloatRows& x, const FloatRows& centre, FloatRows r, const py::object& probs_obj,
+                        const py::object& y_obj, const py::object& qn_obj, const py::object& hn_obj, int64_t threads) {
   require(x.ndim() == 2, "x must be 2-dimensional (rows x d)");
   require(r.ndim() == 1 && r.shape(0) == x.shape(0), "r must have one entry per row of x");
   require(r.writeable(), "r must be writable");
@@ -365,8 +369,152 @@ void run_shard_fold_in(const FloatRows& x, const FloatRows& centre, FloatRows r,
   shard_fold_in(a);
 }
 
-bool is_float_dtype(DType t) {
-  return t == DType::Float16 || t == DType::BFloat16 || t == DType::Float32 || t == DType::Float64;
+// A device operand of the sharded fold-in: a DLPack capsule, or an object that makes one (a
+// torch tensor); None stays empty.
+ArrayView device_operand(const py::object& obj, const std::string& what, Keepalive& keep, bool writable = false) {
+  if (!obj.is_none() && !py::isinstance<py::array>(obj) && !py::isinstance<py::capsule>(obj) &&
+      py::hasattr(obj, "__dlpack__"))
+    return to_view(obj.attr("__dlpack__")(), what, keep, writable);
+  return to_view(obj, what, keep, writable);
+}
+
+// The kernels index rows as dense row-major blocks: unit column stride and rows back to back
+// (strides of size-1 dimensions do not matter).
+bool dense_rows(const ArrayView& v) {
+  if (v.ndim == 1) return v.shape[0] <= 1 || v.strides[0] == 1;
+  return (v.shape[1] <= 1 || v.strides[1] == 1) && (v.shape[0] <= 1 || v.strides[0] == v.shape[1]);
+}
+
+// The element types the CUDA kernels read features in.
+constexpr std::initializer_list<DType> kFloatTypes = {DType::Float16, DType::BFloat16, DType::Float32, DType::Float64};
+
+// One operand of the device path: present, `ndim`-dimensional, of one of `dtypes`, dense, on the
+// device of x (named in the message when it is not).
+void check_device_operand(const ArrayView& v, const std::string& what, int ndim, std::initializer_list<DType> dtypes,
+                          const ArrayView& x) {
+  require(!v.empty() || (v.ndim == ndim && v.shape[0] == 0), what + " is missing");
+  require(v.ndim == ndim, what + " must be " + std::to_string(ndim) + "-dimensional, got " + std::to_string(v.ndim));
+  if (std::find(dtypes.begin(), dtypes.end(), v.dtype) == dtypes.end()) {
+    std::string names;
+    for (DType d : dtypes) names += (names.empty() ? "" : " or ") + std::string(dtype_name(d));
+    throw py::type_error(what + " must be " + names + ", got " + dtype_name(v.dtype));
+  }
+  require(dense_rows(v), what + " must be contiguous (row-major, unit stride); pass .contiguous()");
+  const std::string where = v.device == DeviceKind::CUDA ? "cuda:" + std::to_string(v.device_id) : "the host";
+  require(v.device == DeviceKind::CUDA && v.device_id == x.device_id,
+          what + " is on " + where + " but x is on cuda:" + std::to_string(x.device_id) +
+              "; every array of the CUDA fold-in must be on that device");
+}
+
+// The same update on the device (x on a CUDA device): every array on that device, dense, float32
+// (y int64; x in any float type: the run's lane map for it); the centre in the CUDA kernel's
+// padded layout (ShardFoldIn). Enqueued on
+// `stream` (the caller's, e.g. torch.cuda.current_stream().cuda_stream); returns at once.
+void shard_fold_in_device(const ArrayView& x, const py::object& centre_obj, const py::object& r_obj,
+                          const py::object& probs_obj, const py::object& y_obj, const py::object& qn_obj,
+                          const py::object& hn_obj, uintptr_t stream, Keepalive& keep) {
+  const ArrayView centre = device_operand(centre_obj, "centre", keep);
+  const ArrayView r = device_operand(r_obj, "r", keep, true);
+  check_device_operand(x, "x", 2, kFloatTypes, x);
+  check_device_operand(centre, "centre", 1, {DType::Float32}, x);
+  check_device_operand(r, "r", 1, {DType::Float32}, x);
+  ShardFoldIn a;
+  a.m = x.shape[0];
+  a.d = x.shape[1];
+  require(r.shape[0] == a.m, "r must have one entry per row of x");
+  a.x = static_cast<const float*>(x.data);  // raw memory of x_dtype
+  a.x_dtype = x.dtype;
+  a.r = static_cast<float*>(r.data);
+  a.centre = static_cast<const float*>(centre.data);
+  if (!probs_obj.is_none()) {
+    const ArrayView probs = device_operand(probs_obj, "probs", keep);
+    const ArrayView y = device_operand(y_obj, "y", keep), qn = device_operand(qn_obj, "qn", keep),
+                    hn = device_operand(hn_obj, "hn", keep);
+    check_device_operand(probs, "probs", 2, {DType::Float32}, x);
+    check_device_operand(y, "y", 1, {DType::Int64}, x);
+    check_device_operand(qn, "qn", 1, {DType::Float32}, x);
+    check_device_operand(hn, "hn", 1, {DType::Float32}, x);
+    require(probs.shape[0] == a.m, "probs must have one row per row of x");
+    require(y.shape[0] == a.m && qn.shape[0] == a.m && hn.shape[0] == a.m, "y, qn and hn must have one entry per row");
+    a.C = probs.shape[1];
+    require(a.C >= 1, "probs must have at least one class");
+    a.probs = static_cast<const float*>(probs.data);
+    a.y = static_cast<const int64_t*>(y.data);
+    a.qn = static_cast<const float*>(qn.data);
+    a.hn = static_cast<const float*>(hn.data);
+  }
+  const int64_t dense = a.probs ? shard_padded8(a.C) + shard_padded8(a.d) + 2 : shard_padded8(a.d);
+  require(centre.shape[0] == dense,
+          "centre has length " + std::to_string(centre.shape[0]) + ", expected " + std::to_string(dense) +
+              " (the CUDA kernel's dense centre: each part padded with zeros to a multiple of 8)");
+  // The kernel reads the centre in 16-byte chunks.
+  require(reinterpret_cast<uintptr_t>(centre.data) % 16 == 0, "centre must be 16-byte aligned on the device");
+#if defined(ASVP_WITH_CUDA)
+  a.cuda_stream = stream;
+  a.cuda_device = x.device_id;
+  py::gil_scoped_release nogil;
+  shard_fold_in_cuda(a);
+#else
+  (void)stream;
+  throw py::value_error("_C.shard_fold_in got CUDA arrays (x on cuda:" + std::to_string(x.device_id) +
+                        ") but this build of asvp_fast has no CUDA kernels; rebuild with CUDA (ASVP_CUDA=ON) or "
+                        "pass host (numpy) arrays");
+#endif
+}
+
+// _C.shard_fold_in: numpy arrays take the host path (the CPU engine's distances); DLPack capsules
+// or torch tensors on a CUDA device the device path (the CUDA engine's distances).
+void run_shard_fold_in(const py::object& x_obj, const py::object& centre_obj, const py::object& r_obj,
+                       const py::object& probs_obj, const py::object& y_obj, const py::object& qn_obj,
+                       const py::object& hn_obj, int64_t threads, uintptr_t stream) {
+  if (py::isinstance<py::array>(x_obj))
+    return shard_fold_in_host(x_obj.cast<FloatRows>(), centre_obj.cast<FloatRows>(),
+                              r_obj.cast<FloatRows>(), probs_obj, y_obj, qn_obj, hn_obj, threads);
+  Keepalive keep;
+  const ArrayView x = device_operand(x_obj, "x", keep);
+  require(!x.empty() || x.ndim == 2, "x must be a numpy array, a DLPack capsule or a tensor");
+  require(x.device == DeviceKind::CUDA,
+          "x is a host DLPack array; the host path of shard_fold_in takes numpy arrays (tensor.numpy())");
+  shard_fold_in_device(x, centre_obj, r_obj, probs_obj, y_obj, qn_obj, hn_obj, stream, keep);
+}
+
+// _C.shard_badge_norms: BADGE's per-row constants (y, |q|^2, |h|^2) of a shard on a CUDA device,
+// as the CUDA run computes them, written into the given device arrays (enqueued on `stream`).
+void run_shard_badge_norms(const py::object& probs_obj, const py::object& h_obj, const py::object& y_obj,
+                           const py::object& qn_obj, const py::object& hn_obj, uintptr_t stream) {
+  Keepalive keep;
+  const ArrayView probs = device_operand(probs_obj, "probs", keep);
+  require(probs.device == DeviceKind::CUDA, "probs must be on a CUDA device (the host path computes these in NumPy)");
+  const ArrayView h = device_operand(h_obj, "features", keep), y = device_operand(y_obj, "y", keep, true),
+                  qn = device_operand(qn_obj, "qn", keep, true), hn = device_operand(hn_obj, "hn", keep, true);
+  check_device_operand(probs, "probs", 2, {DType::Float32}, probs);
+  check_device_operand(h, "features", 2, kFloatTypes, probs);
+  check_device_operand(y, "y", 1, {DType::Int64}, probs);
+  check_device_operand(qn, "qn", 1, {DType::Float32}, probs);
+  check_device_operand(hn, "hn", 1, {DType::Float32}, probs);
+  ShardBadgeNorms a;
+  a.m = probs.shape[0];
+  a.C = probs.shape[1];
+  a.d = h.shape[1];
+  require(a.C >= 1, "probs must have at least one class");
+  require(h.shape[0] == a.m, "features must have one row per row of probs");
+  require(y.shape[0] == a.m && qn.shape[0] == a.m && hn.shape[0] == a.m, "y, qn and hn must have one entry per row");
+  a.probs = static_cast<const float*>(probs.data);
+  a.h = h.data;
+  a.h_dtype = h.dtype;
+  a.y = static_cast<int64_t*>(y.data);
+  a.qn = static_cast<float*>(qn.data);
+  a.hn = static_cast<float*>(hn.data);
+#if defined(ASVP_WITH_CUDA)
+  a.cuda_stream = stream;
+  a.cuda_device = probs.device_id;
+  py::gil_scoped_release nogil;
+  shard_badge_norms_cuda(a);
+#else
+  (void)stream;
+  throw py::value_error("_C.shard_badge_norms got CUDA arrays (probs on cuda:" + std::to_string(probs.device_id) +
+                        ") but this build of asvp_fast has no CUDA kernels; rebuild with CUDA (ASVP_CUDA=ON)");
+#endif
 }
 
 // BALD's messages name the row as the Python contract does (af.bald: "x row R ...").
@@ -621,8 +769,12 @@ PYBIND11_MODULE(_C, m) {
         "k-center greedy (0), k-means++ seeding (1) or BADGE (2). Picks are written in place; returns work counts.");
   m.def("shard_fold_in", &asvp::run_shard_fold_in, py::arg("x"), py::arg("centre"), py::arg("r"),
         py::arg("probs") = py::none(), py::arg("y") = py::none(), py::arg("qn") = py::none(),
-        py::arg("hn") = py::none(), py::arg("threads") = 0,
-        "Sharded selection's per-pick distance update with the kernel's own distances (GIL released).");
+        py::arg("hn") = py::none(), py::arg("threads") = 0, py::arg("stream") = 0,
+        "Sharded selection's per-pick distance update with the kernel's own distances: numpy arrays on the "
+        "host (GIL released), CUDA tensors/DLPack capsules on their device (enqueued on `stream`).");
+  m.def("shard_badge_norms", &asvp::run_shard_badge_norms, py::arg("probs"), py::arg("features"), py::arg("y"),
+        py::arg("qn"), py::arg("hn"), py::arg("stream") = 0,
+        "BADGE's per-row predicted class, |q|^2 and |h|^2 of a CUDA shard, as the CUDA kernel computes them.");
   m.def("bald", &asvp::run_bald, py::arg("x"), py::arg("samples"), py::arg("sample_stride"), py::arg("from_logits"),
         py::arg("validate"), py::arg("exclude"), py::arg("scores_out"), py::arg("indices_out"), py::arg("k"),
         py::arg("threads"), py::arg("chunk_bytes"), py::arg("use_cuda"), py::arg("stream"),

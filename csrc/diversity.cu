@@ -196,14 +196,16 @@ struct EuclideanDevice {
 // q (C, padded to 8) | h (d, padded to 8) | |q|^2 | |h|^2. Per-row constants come from
 // badge_prepare_kernel. Features are read in 16-byte chunks; scores (dtype known at run time)
 // one value per lane, round-robin.
-template <class TF>
+// TY: the stored type of the predicted classes (int32 in a run; int64 for a sharded fold-in,
+// whose classes come from a torch tensor).
+template <class TF, class TY = int32_t>
 struct BadgeDevice {
   static constexpr int V = Rows<TF>::V;
   static constexpr int U = kChunksInFlight;
   AnyRows s;
   Rows<TF> h;
   bool logits = false;
-  const int32_t* predicted = nullptr;
+  const TY* predicted = nullptr;
   const float* q_norm = nullptr;
   const float* h_norm = nullptr;
   const float* log_partition = nullptr;
@@ -221,7 +223,7 @@ struct BadgeDevice {
     return logits ? -others : s.at(row, y) - 1.0f;
   }
   __device__ void load(int64_t row, float* dense, int lane) const {
-    const int32_t y = predicted[row];
+    const int32_t y = static_cast<int32_t>(predicted[row]);
     float others = 0.0f;
     for (int64_t j = lane; j < cp; j += kWarp) {
       const float p = j < s.cols ? probability(row, j) : 0.0f;
@@ -246,7 +248,7 @@ struct BadgeDevice {
     __syncwarp();
   }
   __device__ float distance(const float* centre, int64_t row, int lane) const {
-    const int32_t y = predicted[row];
+    const int32_t y = static_cast<int32_t>(predicted[row]);
     float q_dot = 0.0f, others = 0.0f, h_dot = 0.0f;
     for (int64_t j = lane; j < s.cols; j += kWarp) {
       const float p = j == y ? 0.0f : probability(row, j);
@@ -275,7 +277,9 @@ struct BadgeDevice {
     q_dot = warp_sum(q_dot);
     others = warp_sum(others);
     h_dot = warp_sum(h_dot);
-    q_dot += centre[y] * predicted_q(row, y, others);
+    // Fused, as nvcc contracted the former `q_dot += c * q` (explicit so a host rendering can
+    // follow it and no inlining context may decide otherwise).
+    q_dot = fmaf(centre[y], predicted_q(row, y, others), q_dot);
     return badge_sq_distance(centre[cp + dp], centre[cp + dp + 1], q_norm[row], h_norm[row], q_dot, h_dot);
   }
   // Every candidate row was validated by badge_prepare_kernel.
@@ -478,6 +482,74 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks) labelled_distances_
   }
 }
 
+// One score row read by a warp (lane l takes classes l, l + 32, ...): its first maximum (like
+// numpy.argmax, ties to the lower class), range, sum and whether every value is finite.
+struct ScoreScan {
+  float best = -INFINITY, lo = INFINITY, hi = -INFINITY, sum = 0.0f, nonfinite = 0.0f;
+  int64_t best_j = 0;
+};
+
+template <class M>
+__device__ ScoreScan scan_scores(const M& m, int64_t row, int lane) {
+  ScoreScan sc;
+  sc.best_j = m.s.cols;
+  for (int64_t j = lane; j < m.s.cols; j += kWarp) {
+    const float v = m.s.at(row, j);
+    sc.nonfinite += v - v;
+    if (v > sc.best) {
+      sc.best = v;
+      sc.best_j = j;
+    }
+    sc.lo = min_of(sc.lo, v);
+    sc.hi = max_of(sc.hi, v);
+    sc.sum += v;
+  }
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    const float ob = __shfl_xor_sync(kFull, sc.best, offset);
+    const int64_t oj = __shfl_xor_sync(kFull, sc.best_j, offset);
+    if (ob > sc.best || (ob == sc.best && oj < sc.best_j)) {
+      sc.best = ob;
+      sc.best_j = oj;
+    }
+    sc.lo = min_of(sc.lo, __shfl_xor_sync(kFull, sc.lo, offset));
+    sc.hi = max_of(sc.hi, __shfl_xor_sync(kFull, sc.hi, offset));
+  }
+  sc.sum = warp_sum(sc.sum);
+  sc.nonfinite = warp_sum(sc.nonfinite);
+  return sc;
+}
+
+// |q|^2 and |h|^2 of a row whose predicted class is y, by a warp in the lane map above (the
+// squares fused into the sums, as nvcc contracted them before they were written out), and
+// h_bad != 0 when a feature is not finite. Shared by the run and the sharded fold-in so both
+// use the very same per-row constants.
+struct RowNorms {
+  float q_sq = 0.0f, h_sq = 0.0f, h_bad = 0.0f;
+};
+
+template <class M>
+__device__ RowNorms badge_row_norms(const M& m, int64_t row, int32_t y, int lane) {
+  RowNorms n;
+  float others = 0.0f, q_sq = 0.0f;
+  for (int64_t j = lane; j < m.s.cols; j += kWarp) {
+    const float p = j == y ? 0.0f : m.probability(row, j);
+    others += p;
+    q_sq = fmaf(p, p, q_sq);
+  }
+  others = warp_sum(others);
+  q_sq = warp_sum(q_sq);
+  const float qy = m.predicted_q(row, y, others);
+  for (int64_t j = lane; j < m.h.cols; j += kWarp) {
+    const float v = m.h.template value<float>(row, j);
+    n.h_bad += v - v;
+    n.h_sq = fmaf(v, v, n.h_sq);
+  }
+  n.h_sq = warp_sum(n.h_sq);
+  n.h_bad = warp_sum(n.h_bad);
+  n.q_sq = fmaf(qy, qy, q_sq);
+  return n;
+}
+
 // BADGE's per-row constants: predicted class, log partition sum (logits), |q|^2, |h|^2, and the
 // row checks (1 non-finite scores, 2 non-finite features, 3 outside [0, 1], 4 sum not 1).
 template <class TF>
@@ -491,78 +563,38 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks) badge_prepare_kerne
   const int64_t C = m.s.cols;
   for (int64_t row = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; row < st.n; row += warps) {
     if (exclude && exclude[row]) continue;
-    float best = -INFINITY, lo = INFINITY, hi = -INFINITY, sum = 0.0f, nonfinite = 0.0f;
-    int64_t best_j = C;
-    for (int64_t j = lane; j < C; j += kWarp) {
-      const float v = m.s.at(row, j);
-      nonfinite += v - v;
-      if (v > best) {
-        best = v;
-        best_j = j;
-      }
-      lo = min_of(lo, v);
-      hi = max_of(hi, v);
-      sum += v;
-    }
-    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-      const float ob = __shfl_xor_sync(kFull, best, offset);
-      const int64_t oj = __shfl_xor_sync(kFull, best_j, offset);
-      if (ob > best || (ob == best && oj < best_j)) {  // first maximum, like numpy.argmax
-        best = ob;
-        best_j = oj;
-      }
-      lo = min_of(lo, __shfl_xor_sync(kFull, lo, offset));
-      hi = max_of(hi, __shfl_xor_sync(kFull, hi, offset));
-    }
-    sum = warp_sum(sum);
-    nonfinite = warp_sum(nonfinite);
-    if (nonfinite != 0.0f) {
+    const ScoreScan sc = scan_scores(m, row, lane);
+    if (sc.nonfinite != 0.0f) {
       if (lane == 0) report_bad(st, row, 1);
       continue;
     }
     if (!m.logits && validate) {
-      if (lo < 0.0f || hi > 1.0f) {
+      if (sc.lo < 0.0f || sc.hi > 1.0f) {
         if (lane == 0) report_bad(st, row, 3);
         continue;
       }
-      if (fabsf(sum - 1.0f) > sum_tolerance) {
+      if (fabsf(sc.sum - 1.0f) > sum_tolerance) {
         if (lane == 0) report_bad(st, row, 4);
         continue;
       }
     }
     float partition = 0.0f;
     if (m.logits) {
-      for (int64_t j = lane; j < C; j += kWarp) partition += exp_approx(m.s.at(row, j) - best);
+      for (int64_t j = lane; j < C; j += kWarp) partition += exp_approx(m.s.at(row, j) - sc.best);
       partition = warp_sum(partition);
-      if (lane == 0) log_partition[row] = best + logf(partition);
+      if (lane == 0) log_partition[row] = sc.best + logf(partition);
     }
     __syncwarp();
-    const int32_t y = static_cast<int32_t>(best_j);
-    float others = 0.0f, q_sq = 0.0f;
-    for (int64_t j = lane; j < C; j += kWarp) {
-      const float p = j == y ? 0.0f : m.probability(row, j);
-      others += p;
-      q_sq += p * p;
-    }
-    others = warp_sum(others);
-    q_sq = warp_sum(q_sq);
-    const float qy = m.predicted_q(row, y, others);
-    float h_sq = 0.0f, h_bad = 0.0f;
-    for (int64_t j = lane; j < m.h.cols; j += kWarp) {
-      const float v = m.h.template value<float>(row, j);
-      h_bad += v - v;
-      h_sq += v * v;
-    }
-    h_sq = warp_sum(h_sq);
-    h_bad = warp_sum(h_bad);
-    if (h_bad != 0.0f) {
+    const int32_t y = static_cast<int32_t>(sc.best_j);
+    const RowNorms n = badge_row_norms(m, row, y, lane);
+    if (n.h_bad != 0.0f) {
       if (lane == 0) report_bad(st, row, 2);
       continue;
     }
     if (lane == 0) {
       predicted[row] = y;
-      q_norm[row] = q_sq + qy * qy;
-      h_norm[row] = h_sq;
+      q_norm[row] = n.q_sq;
+      h_norm[row] = n.h_sq;
     }
   }
 }
@@ -1211,6 +1243,128 @@ void diversity_cuda(const DiversityParams& p, DiversityStats& stats) {
     case DType::Float64: return badge ? run_badge<double>(p, stream, stats) : run_euclidean<double>(p, stream, stats);
     default: throw std::invalid_argument("unsupported features dtype for the CUDA path");
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sharded selection on the device (acquisition/sharded_diversity.py with CUDA tensors): each
+// rank folds a pick's centre into its own rows. The distances are the run's: the same Metric
+// structs, hence the same lanes, chunk order, fused multiply-adds and butterfly, so a row's
+// distance to a centre is bit for bit what the single-process update kernel computes for it,
+// and the sharded picks are the single-process CUDA picks. There is no pruning (it never changes
+// a result) and no assigned centre (sharded selection keeps only r).
+namespace {
+
+// A warp per row, over the rows in a grid-stride loop. A row takes part when r > 0 (rows at 0
+// coincide with a centre, rows below 0 may not be picked): every lane reads the same r, so the
+// warp stays converged for the shuffles. The fold is fold_in_centre's: the smaller value wins.
+template <class Metric>
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
+    shard_fold_in_kernel(Metric m, const float* centre, float* r, int64_t rows) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kBlockWarps;
+  for (int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; i < rows; i += warps) {
+    const float ri = r[i];
+    if (!(ri > 0.0f)) continue;
+    const float d = m.distance(centre, i, lane);
+    if (lane == 0 && d < ri) r[i] = d;
+  }
+}
+
+// BADGE with classes out of [0, C) would read outside the row and the centre: such rows are
+// left as they are (the classes come from shard_badge_norms_cuda, which cannot produce them).
+template <class Metric>
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
+    shard_fold_in_badge_kernel(Metric m, const float* centre, float* r, int64_t rows) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kBlockWarps;
+  for (int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; i < rows; i += warps) {
+    const float ri = r[i];
+    const int64_t y = m.predicted[i];
+    if (!(ri > 0.0f) || y < 0 || y >= m.s.cols) continue;
+    const float d = m.distance(centre, i, lane);
+    if (lane == 0 && d < ri) r[i] = d;
+  }
+}
+
+// The run's per-row constants (scan_scores, badge_row_norms) for every row of the shard.
+template <class TF>
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
+    shard_badge_norms_kernel(BadgeDevice<TF, int64_t> m, int64_t rows, int64_t* y, float* qn, float* hn) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kBlockWarps;
+  for (int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; i < rows; i += warps) {
+    const int32_t yi = static_cast<int32_t>(scan_scores(m, i, lane).best_j);
+    const RowNorms n = badge_row_norms(m, i, yi, lane);
+    if (lane == 0) {
+      y[i] = yi;
+      qn[i] = n.q_sq;
+      hn[i] = n.h_sq;
+    }
+  }
+}
+
+// BADGE over float32 probabilities (not logits) and features of TF, contiguous rows.
+template <class TF>
+BadgeDevice<TF, int64_t> shard_badge(const float* probs, const void* h, int64_t m, int64_t C, int64_t d) {
+  BadgeDevice<TF, int64_t> b;
+  b.s = AnyRows{probs, DType::Float32, m, C, C, 1};
+  b.h = device_rows<TF>(h, m, d, d, 1);
+  b.cp = padded8(C);
+  b.dp = padded8(d);
+  return b;
+}
+
+unsigned shard_grid(int64_t rows) { return static_cast<unsigned>(grid_for(rows, kBlockWarps)); }
+
+template <class T>
+void launch_shard_fold_in(const ShardFoldIn& a, cudaStream_t stream) {
+  if (a.probs == nullptr) {
+    EuclideanDevice<T> m;
+    m.x = device_rows<T>(a.x, a.m, a.d, a.d, 1);
+    shard_fold_in_kernel<<<shard_grid(a.m), kBlockThreads, 0, stream>>>(m, a.centre, a.r, a.m);
+  } else {
+    BadgeDevice<T, int64_t> m = shard_badge<T>(a.probs, a.x, a.m, a.C, a.d);
+    m.predicted = a.y;
+    m.q_norm = a.qn;
+    m.h_norm = a.hn;
+    shard_fold_in_badge_kernel<<<shard_grid(a.m), kBlockThreads, 0, stream>>>(m, a.centre, a.r, a.m);
+  }
+}
+
+template <class TF>
+void launch_shard_badge_norms(const ShardBadgeNorms& a, cudaStream_t stream) {
+  const BadgeDevice<TF, int64_t> m = shard_badge<TF>(a.probs, a.h, a.m, a.C, a.d);
+  shard_badge_norms_kernel<TF><<<shard_grid(a.m), kBlockThreads, 0, stream>>>(m, a.m, a.y, a.qn, a.hn);
+}
+
+}  // namespace
+
+void shard_fold_in_cuda(const ShardFoldIn& a) {
+  if (a.m == 0) return;
+  DeviceGuard guard(a.cuda_device);
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(a.cuda_stream);
+  switch (a.x_dtype) {
+    case DType::Float16: launch_shard_fold_in<half_bits>(a, stream); break;
+    case DType::BFloat16: launch_shard_fold_in<bf16_bits>(a, stream); break;
+    case DType::Float32: launch_shard_fold_in<float>(a, stream); break;
+    case DType::Float64: launch_shard_fold_in<double>(a, stream); break;
+    default: throw std::invalid_argument("unsupported features dtype for the sharded CUDA fold-in");
+  }
+  check_cuda(cudaGetLastError(), "shard_fold_in_kernel");
+}
+
+void shard_badge_norms_cuda(const ShardBadgeNorms& a) {
+  if (a.m == 0) return;
+  DeviceGuard guard(a.cuda_device);
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(a.cuda_stream);
+  switch (a.h_dtype) {
+    case DType::Float16: launch_shard_badge_norms<half_bits>(a, stream); break;
+    case DType::BFloat16: launch_shard_badge_norms<bf16_bits>(a, stream); break;
+    case DType::Float32: launch_shard_badge_norms<float>(a, stream); break;
+    case DType::Float64: launch_shard_badge_norms<double>(a, stream); break;
+    default: throw std::invalid_argument("unsupported features dtype for the sharded CUDA BADGE constants");
+  }
+  check_cuda(cudaGetLastError(), "shard_badge_norms_kernel");
 }
 
 }  // namespace asvp

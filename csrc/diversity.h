@@ -55,14 +55,21 @@ struct DiversityStats {
   bool no_candidate = false;       // a pick found no row left (the caller's k check failed)
 };
 
-// CPU path: the best SIMD variant this processor supports (see cpu_features.h).
 // One pick of sharded selection (acquisition/sharded_diversity.py) on this rank's rows: for every
 // row i with r[i] > 0, r[i] = min(r[i], distance(centre, row i)), with the kernel's own distance
-// functions (so the result is bit for bit the single-process kernel's). Euclidean when probs is
-// null (centre: d floats); else BADGE's factorised distance from probabilities (centre: q (C),
-// h (d), |q|^2, |h|^2; y, qn, hn: each row's predicted class, |q|^2 and |h|^2). Row-major float32.
+// functions (so the result is bit for bit the single-process kernel's on the same kind of
+// device). Euclidean when probs is null; else BADGE's factorised distance from probabilities
+// (y, qn, hn: each row's predicted class, |q|^2 and |h|^2). Row-major contiguous float32 (the
+// CUDA path also takes the features in their stored type, see x_dtype).
+// The centre is the dense centre of the kernel that runs: on the host (shard_fold_in, CPU
+// engine) d floats, or q (C) | h (d) | |q|^2 | |h|^2 for BADGE; on the device
+// (shard_fold_in_cuda, the CUDA engine's layout) each part padded with zeros to a multiple of 8
+// floats, 16-byte aligned: padded8(d), or padded8(C) | padded8(d) | |q|^2 | |h|^2.
 struct ShardFoldIn {
-  const float* x = nullptr;      // m x d features
+  const float* x = nullptr;      // m x d features (CUDA path: of x_dtype, read through this pointer
+                                 // as raw memory)
+  DType x_dtype = DType::Float32;  // CUDA path: float16, bfloat16, float32 or float64, read as the
+                                   // run reads them (chunks of 16 bytes: the lane map depends on it)
   const float* probs = nullptr;  // m x C probabilities (BADGE) or null
   const int64_t* y = nullptr;
   const float* qn = nullptr;
@@ -70,10 +77,37 @@ struct ShardFoldIn {
   const float* centre = nullptr;
   float* r = nullptr;            // m distances, updated in place
   int64_t m = 0, d = 0, C = 0;
-  int threads = 0;
+  int threads = 0;               // CPU path: <= 0 every available core
+  uintptr_t cuda_stream = 0;     // CUDA path: the caller's stream (0: the legacy default stream)
+  int cuda_device = -1;          // CUDA path: the device every pointer lives on
 };
 
+// Length of one part of a dense centre on the device: n padded with zeros to a multiple of 8.
+inline int64_t shard_padded8(int64_t n) { return (n + 7) / 8 * 8; }
+
+// CPU path: the best SIMD variant this processor supports (see cpu_features.h).
 void shard_fold_in(const ShardFoldIn& params);
+
+// BADGE's per-row constants of a shard on the device, as the CUDA run computes them
+// (badge_prepare_kernel's lane map and rounding): y (first maximum of the probabilities), |q|^2
+// and |h|^2. Row-major contiguous inputs, float32 probabilities; the rows were validated by the
+// caller.
+struct ShardBadgeNorms {
+  const float* probs = nullptr;  // m x C
+  const void* h = nullptr;      // m x d, of h_dtype (float16, bfloat16, float32 or float64)
+  DType h_dtype = DType::Float32;
+  int64_t* y = nullptr;          // m outputs each
+  float* qn = nullptr;
+  float* hn = nullptr;
+  int64_t m = 0, C = 0, d = 0;
+  uintptr_t cuda_stream = 0;
+  int cuda_device = -1;
+};
+
+// CUDA path of both (device pointers). Only defined when built with CUDA; they enqueue on the
+// stream and return without waiting.
+void shard_fold_in_cuda(const ShardFoldIn& params);
+void shard_badge_norms_cuda(const ShardBadgeNorms& params);
 
 void diversity_cpu(const DiversityParams& params, DiversityStats& stats);
 

@@ -6,10 +6,15 @@
 //                        counts, their scan, compaction in row order), phase 2 (fold the given
 //                        distances into the listed rows) and the aggregates epilogue;
 //   render_choose_d2     the choose kernel's D² draw (groups in parallel, then the staged walks),
-//                        with its uniform fallback (runs of blocks, a scan, ballots over rows).
+//                        with its uniform fallback (runs of blocks, a scan, ballots over rows);
+//   render_warp_*        a warp's row-to-centre distance and BADGE's per-row constants over
+//                        float32 rows (EuclideanDevice / BadgeDevice::distance, badge_row_norms),
+//                        which the sharded CUDA fold-in shares with the run.
 #pragma once
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -194,6 +199,89 @@ inline int64_t render_choose_d2(const RenderedState& st, double u) {
   for (int lane = 0; lane < 32; ++lane) level[lane] = lane < count ? d2_weight(st.r[static_cast<size_t>(first + lane)]) : 0.0;
   const int64_t i = count > 0 ? d2_walk(staged, count, running, target) : -1;
   return i < 0 ? -1 : first + i;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A warp over rows of features (diversity.cu). Lane l of 32 takes the 16-byte chunks l, l + 32,
+// l + 64, ... of a row in that order (a chunk is 16 / sizeof(T) elements of the stored type T:
+// 4 for float32, 8 for float16/bfloat16, 2 for float64; the values here are those elements
+// converted to float32, as the kernel converts them), element by element, each step one fused
+// multiply-add (std::fma rounds once, like fmaf); elements past the row read as 0. Strided
+// per-element loops (scores, and the norms' features) give lane l the elements l, l + 32, ...
+// A warp sum is the xor butterfly: at offsets 16, 8, 4, 2, 1 every lane adds its partner's value
+// (lane ^ offset); float addition commutes, so all lanes end with the same bits, lane 0's here.
+constexpr int kRenderWarp = 32;
+
+inline float render_warp_sum(std::array<float, kRenderWarp> lanes) {
+  for (int offset = kRenderWarp / 2; offset > 0; offset /= 2) {
+    std::array<float, kRenderWarp> next{};
+    for (int l = 0; l < kRenderWarp; ++l) next[l] = lanes[l] + lanes[l ^ offset];
+    lanes = next;
+  }
+  return lanes[0];
+}
+
+inline int64_t render_padded8(int64_t n) { return (n + 7) / 8 * 8; }
+
+// Per lane, term(e, acc) over the elements e of its chunks of `width` elements (n in all), merged.
+template <class Term>
+float render_chunked_sum(int64_t n, int64_t width, const Term& term) {
+  std::array<float, kRenderWarp> acc{};
+  const int64_t chunks = (n + width - 1) / width;
+  for (int l = 0; l < kRenderWarp; ++l)
+    for (int64_t ch = l; ch < chunks; ch += kRenderWarp)
+      for (int64_t e = ch * width; e < (ch + 1) * width; ++e) acc[l] = term(e, acc[l]);
+  return render_warp_sum(acc);
+}
+
+// EuclideanDevice<float>::distance: t = row - centre per element, acc = fma(t, t, acc); the centre
+// is the dense one (padded8(d) floats, zeros past d).
+inline float render_warp_sq_distance(const float* row, const float* centre, int64_t d, int64_t width) {
+  return render_chunked_sum(d, width, [&](int64_t e, float acc) {
+    const float t = (e < d ? row[e] : 0.0f) - centre[e];
+    return std::fma(t, t, acc);
+  });
+}
+
+// BadgeDevice<float>::distance from probabilities: q . c over the classes other than y (strided),
+// h . c (chunked), each merged, then the predicted class's term fused in, then the factorised
+// combination. The centre is dense: q (padded8(C)) | h (padded8(d)) | |q|^2 | |h|^2.
+inline float render_warp_badge_distance(const float* p, const float* h, int64_t C, int64_t d, int64_t y, float qn,
+                                        float hn, const float* centre, int64_t width) {
+  std::array<float, kRenderWarp> q{};
+  for (int l = 0; l < kRenderWarp; ++l)
+    for (int64_t j = l; j < C; j += kRenderWarp) q[l] = std::fma(centre[j], j == y ? 0.0f : p[j], q[l]);
+  const int64_t cp = render_padded8(C), dp = render_padded8(d);
+  const float h_dot = render_chunked_sum(d, width, [&](int64_t e, float acc) {
+    return std::fma(centre[cp + e], e < d ? h[e] : 0.0f, acc);
+  });
+  const float q_dot = std::fma(centre[y], p[y] - 1.0f, render_warp_sum(q));
+  return badge_sq_distance(centre[cp + dp], centre[cp + dp + 1], qn, hn, q_dot, h_dot);
+}
+
+// badge_row_norms after scan_scores for a row of finite probabilities: y is the first maximum
+// (the butterfly keeps the lower class on ties); |q|^2 = fma(q_y, q_y, sum of p_j^2 over j != y),
+// |h|^2 = sum of h_j^2, both strided with fused squares.
+struct RenderedNorms {
+  int64_t y = 0;
+  float qn = 0.0f, hn = 0.0f;
+};
+
+inline RenderedNorms render_warp_badge_norms(const float* p, const float* h, int64_t C, int64_t d) {
+  RenderedNorms out;
+  out.y = std::max_element(p, p + C) - p;
+  std::array<float, kRenderWarp> q{}, hh{};
+  for (int l = 0; l < kRenderWarp; ++l) {
+    for (int64_t j = l; j < C; j += kRenderWarp) {
+      const float v = j == out.y ? 0.0f : p[j];
+      q[l] = std::fma(v, v, q[l]);
+    }
+    for (int64_t j = l; j < d; j += kRenderWarp) hh[l] = std::fma(h[j], h[j], hh[l]);
+  }
+  const float qy = p[out.y] - 1.0f;
+  out.qn = std::fma(qy, qy, render_warp_sum(q));
+  out.hn = render_warp_sum(hh);
+  return out;
 }
 
 }  // namespace asvp

@@ -235,6 +235,61 @@ py::array_t<double> bald_warp_rendering(const py::array_t<double, py::array::c_s
   return to_array(out);
 }
 
+using Floats = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// The sharded CUDA fold-in (shard_fold_in_cuda) on the host: r (a copy) folded with the warp
+// distances of gpu_renderings.h; `centre` in the CUDA dense layout. BADGE when probs is given.
+// x holds the features' values as float32; `width` is the chunk of their stored type (16 bytes:
+// 4 float32, 8 float16/bfloat16, 2 float64).
+py::array_t<float> shard_fold_cuda_rendering(const Floats& x, const Floats& centre, const Floats& r,
+                                             const py::object& probs_obj, const py::object& y_obj,
+                                             const py::object& qn_obj, const py::object& hn_obj, int64_t width) {
+  require(x.ndim() == 2 && r.ndim() == 1 && r.shape(0) == x.shape(0), "x must be m x d and r of length m");
+  require(width == 2 || width == 4 || width == 8, "width must be 2, 4 or 8");
+  const int64_t m = x.shape(0), d = x.shape(1);
+  std::vector<float> out = to_vector(r);
+  const float* c = centre.data();
+  if (probs_obj.is_none()) {
+    require(centre.size() == render_padded8(d), "centre must have padded8(d) entries");
+    for (int64_t i = 0; i < m; ++i) {
+      float& ri = out[static_cast<size_t>(i)];
+      if (ri > 0.0f) ri = std::min(ri, render_warp_sq_distance(x.data() + i * d, c, d, width));
+    }
+    return to_array(out);
+  }
+  const Floats probs = probs_obj.cast<Floats>(), qn = qn_obj.cast<Floats>(), hn = hn_obj.cast<Floats>();
+  const auto y = y_obj.cast<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>();
+  require(probs.ndim() == 2 && probs.shape(0) == m, "probs must be m x C");
+  const int64_t C = probs.shape(1);
+  require(y.size() == m && qn.size() == m && hn.size() == m, "y, qn and hn must have m entries");
+  require(centre.size() == render_padded8(C) + render_padded8(d) + 2, "centre must have padded8(C) + padded8(d) + 2 entries");
+  for (int64_t i = 0; i < m; ++i) {
+    float& ri = out[static_cast<size_t>(i)];
+    const int64_t yi = y.data()[i];
+    require(yi >= 0 && yi < C, "y holds a class outside [0, C)");
+    if (ri > 0.0f)
+      ri = std::min(ri, render_warp_badge_distance(probs.data() + i * C, x.data() + i * d, C, d, yi, qn.data()[i],
+                                                   hn.data()[i], c, width));
+  }
+  return to_array(out);
+}
+
+// The CUDA shard's BADGE constants (shard_badge_norms_cuda) on the host: (y, |q|^2, |h|^2).
+py::tuple shard_badge_norms_rendering(const Floats& probs, const Floats& h) {
+  require(probs.ndim() == 2 && h.ndim() == 2 && probs.shape(0) == h.shape(0) && probs.shape(1) >= 1,
+          "probs (m x C, C >= 1) and features (m x d) must have the same rows");
+  const int64_t m = probs.shape(0), C = probs.shape(1), d = h.shape(1);
+  std::vector<int64_t> y(static_cast<size_t>(m));
+  std::vector<float> qn(static_cast<size_t>(m)), hn(static_cast<size_t>(m));
+  for (int64_t i = 0; i < m; ++i) {
+    const RenderedNorms n = render_warp_badge_norms(probs.data() + i * C, h.data() + i * d, C, d);
+    y[static_cast<size_t>(i)] = n.y;
+    qn[static_cast<size_t>(i)] = n.qn;
+    hn[static_cast<size_t>(i)] = n.hn;
+  }
+  return py::make_tuple(to_array(y), to_array(qn), to_array(hn));
+}
+
 }  // namespace
 
 void register_test_hooks(py::module_& m) {
@@ -255,6 +310,12 @@ void register_test_hooks(py::module_& m) {
         "BALD's polynomial exp or log, element-wise (for tests).");
   m.def("bald_warp_rendering", &bald_warp_rendering, py::arg("x"), py::arg("from_logits"), py::arg("validate"),
         py::arg("sum_tolerance"), "The CUDA BALD kernel's arithmetic order run on the host (for tests).");
+  m.def("shard_fold_cuda_rendering", &shard_fold_cuda_rendering, py::arg("x"), py::arg("centre"), py::arg("r"),
+        py::arg("probs") = py::none(), py::arg("y") = py::none(), py::arg("qn") = py::none(),
+        py::arg("hn") = py::none(), py::arg("width") = 4,
+        "The sharded CUDA fold-in's warp arithmetic run on the host (for tests).");
+  m.def("shard_badge_norms_rendering", &shard_badge_norms_rendering, py::arg("probs"), py::arg("features"),
+        "The CUDA shard's BADGE constants (y, |q|^2, |h|^2) computed on the host (for tests).");
   m.def("scale_to_count", &scale_to_count, py::arg("u"), py::arg("n"), "floor(u * n) clamped to n - 1 (for tests).");
 }
 

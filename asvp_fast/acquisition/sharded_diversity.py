@@ -13,6 +13,22 @@ norms). Per pick:
   three all-gathers of the pieces of sums that straddle shards (at most 31 values each), one
   maximum-reduction of the per-group sums (N / 32768 values) and three of 32 values for the walk;
 - all: one broadcast of the new centre's vector (and its distance) from its owner.
+
+CUDA shards (torch tensors on a CUDA device, with a module built with CUDA): the rows (in their
+stored type), the probabilities and r (float32) stay on the device, and ``_C.shard_fold_in`` runs
+the CUDA engine's own distance (csrc/diversity.cu: the same lanes, chunk order, fused
+multiply-adds and butterfly as its update kernel; BADGE's per-row |q|^2, |h|^2 and class from
+``_C.shard_badge_norms``, its prepare kernel's arithmetic), so the picks are those of one process
+running the CUDA kernel on the whole pool (for k-center with labelled rows, up to the caveat of
+the host path: every labelled row is folded in, where one process measures each row against the
+labelled row a GEMM search found nearest). Only the small values above cross to the host, per pick: the owner's centre
+(d floats, or C + d + 2) and its distance, the farthest (distance, row), and for the D² draw
+the at most 31 leading leaves of each level, the group sums (N / 32768) and the 32-entry levels
+of the walk. The row weights, segment sums (N / 32) and block sums (N / 1024) are formed on the
+device with the same serial float64 additions (:func:`.sharded_math.serial_sums`: elementwise
+IEEE additions, correctly rounded on either side), so the draw is bit for bit the one the host
+hierarchy, and the CUDA choose kernel, make. Collectives still carry host (NumPy) values, so the
+group needs a backend for CPU tensors (gloo, or ``"cpu:gloo,cuda:nccl"`` with NCCL).
 """
 
 from __future__ import annotations
@@ -70,22 +86,150 @@ class Badge:
                          threads=threads)
 
 
+def _padded8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+def _capsule(t: Any) -> Any:
+    import torch.utils.dlpack
+
+    return torch.utils.dlpack.to_dlpack(t)
+
+
+def _stream(device: Any) -> int:
+    import torch
+
+    return int(torch.cuda.current_stream(device).cuda_stream)
+
+
+def _fold_in_kernel(*arrays: Any) -> None:
+    """``_C.shard_fold_in`` on the tensors' device, on the current stream (the tests put the host
+    rendering of the kernel in its place to run the CUDA metrics on the CPU)."""
+    _C.shard_fold_in(*[_capsule(a) for a in arrays], stream=_stream(arrays[0].device))
+
+
+def _norms_kernel(*arrays: Any) -> None:
+    """``_C.shard_badge_norms`` (probs, features -> y, qn, hn) on the current stream."""
+    _C.shard_badge_norms(*[_capsule(a) for a in arrays], stream=_stream(arrays[0].device))
+
+
+class EuclideanCuda:
+    """Squared Euclidean distances of a shard's rows on a CUDA device, by the CUDA engine's
+    arithmetic. The rows keep their stored type (float16, bfloat16, float32 or float64: the
+    kernel's lane map depends on it, as the run's does). The centre travels as d float32 values
+    and is placed in the kernel's dense layout (padded with zeros to a multiple of 8) in a
+    buffer on the device."""
+
+    def __init__(self, features: Any):
+        import torch
+
+        self.torch, self.x = torch, features
+        self.dense_size = features.shape[1]
+        self.buf = torch.zeros(_padded8(self.dense_size), dtype=torch.float32, device=features.device)
+
+    def centre(self, local: int) -> np.ndarray:
+        return self.x[local].float().cpu().numpy()  # the kernel converts to float32 alike
+
+    def rows(self, local: np.ndarray) -> np.ndarray:
+        return self.x[self.torch.from_numpy(local).to(self.x.device)].float().cpu().numpy()
+
+    def fold_in(self, centre: np.ndarray, r: Any, threads: int) -> None:
+        self.buf[:self.dense_size].copy_(self.torch.from_numpy(np.ascontiguousarray(centre, dtype=np.float32)))
+        self.kernel(self.x, self.buf, r)
+
+    kernel = staticmethod(_fold_in_kernel)
+
+
+class BadgeCuda:
+    """BADGE from probabilities on a CUDA device: y, |q|^2 and |h|^2 per row by the CUDA
+    engine's prepare arithmetic, distances by its update kernel's. The centre travels as
+    (q, h, |q|^2, |h|^2) and is laid out as q | h padded to multiples of 8 on the device."""
+
+    def __init__(self, probs: Any, features: Any):
+        import torch
+
+        self.torch, self.p, self.h = torch, probs, features
+        m, self.C = probs.shape
+        self.d = features.shape[1]
+        self.dense_size = self.C + self.d + 2
+        dev = features.device
+        self.y = torch.empty(m, dtype=torch.int64, device=dev)
+        self.qn = torch.empty(m, dtype=torch.float32, device=dev)
+        self.hn = torch.empty(m, dtype=torch.float32, device=dev)
+        self.norms_kernel(self.p, self.h, self.y, self.qn, self.hn)
+        self.cp, self.dp = _padded8(self.C), _padded8(self.d)
+        self.buf = torch.zeros(self.cp + self.dp + 2, dtype=torch.float32, device=dev)
+
+    def embedding_sq_norms(self) -> Any:
+        return self.qn.double() * self.hn.double()  # exact: 24-bit by 24-bit products
+
+    def centre(self, local: int) -> np.ndarray:
+        q = self.p[local].clone()
+        q[self.y[local]] -= 1.0  # float32 p - 1, as the kernel's predicted_q
+        norms = self.torch.stack([self.qn[local], self.hn[local]])
+        return self.torch.cat([q, self.h[local].float(), norms]).cpu().numpy()
+
+    def fold_in(self, centre: np.ndarray, r: Any, threads: int) -> None:
+        c = self.torch.from_numpy(np.ascontiguousarray(centre, dtype=np.float32))
+        C, d, cp, dp = self.C, self.d, self.cp, self.dp
+        self.buf[:C].copy_(c[:C])
+        self.buf[cp:cp + d].copy_(c[C:C + d])
+        self.buf[cp + dp:].copy_(c[C + d:])
+        self.kernel(self.h, self.buf, r, self.p, self.y, self.qn, self.hn)
+
+    kernel = staticmethod(_fold_in_kernel)
+    norms_kernel = staticmethod(_norms_kernel)
+
+
+def _host(values: Any) -> np.ndarray:
+    """A (small) slice as NumPy: a device tensor is copied to the host."""
+    return values if isinstance(values, np.ndarray) else values.cpu().numpy()
+
+
+def _first_max(values: Any) -> Tuple[float, int]:
+    """(largest value, its first position) of a non-empty NumPy array or tensor."""
+    if isinstance(values, np.ndarray):
+        local = int(np.argmax(values))
+        return float(values[local]), local
+    top = values.max()
+    return float(top), int((values == top).nonzero()[0, 0])
+
+
+def _where_candidate(r: Any) -> Any:
+    """Local rows with r >= 0, in order."""
+    if isinstance(r, np.ndarray):
+        return np.flatnonzero(r >= 0)
+    return (r >= 0).nonzero()[:, 0]
+
+
+def _d2_weights(r: Any) -> Any:
+    if isinstance(r, np.ndarray):
+        return sm.d2_row_weights(r)
+    return r.double().where(r > 0, 0.0)
+
+
 class ShardState:
     """This rank's rows and distances."""
 
-    def __init__(self, shards: Shards, metric: Any, rows: int, unavailable: np.ndarray, threads: int = 0):
+    def __init__(self, shards: Shards, metric: Any, rows: int, unavailable: np.ndarray, threads: int = 0,
+                 device: Any = None):
         self.s, self.m, self.threads = shards, metric, threads
-        self.r = np.full(rows, np.inf, dtype=np.float32)
-        self.r[unavailable] = -1.0
+        r = np.full(rows, np.inf, dtype=np.float32)
+        r[unavailable] = -1.0
+        self.r: Any = r
+        if device is not None:  # r lives with the rows (a float32 tensor on their CUDA device)
+            import torch
+
+            self.r = torch.from_numpy(r).to(device)
 
     def fold_in(self, centre: np.ndarray) -> None:
         """r = min(r, distance to the new centre) for every row with r > 0 (the kernel skips only
         rows whose distance could not be smaller, so this is its result; rows at 0 stay 0)."""
-        if self.r.size:
+        if len(self.r):
             self.m.fold_in(centre, self.r, self.threads)
 
     def candidates(self) -> int:
-        return int(np.count_nonzero(self.r >= 0))
+        return int((self.r >= 0).sum())
 
     def nth_candidate(self, j: int) -> int:
         """Global row of the j-th candidate in global row order (every rank gets the answer)."""
@@ -94,7 +238,7 @@ class ShardState:
         owner = int(np.searchsorted(before[1:], j, side="right"))
         mine = -1.0
         if owner == self.s.rank:
-            mine = float(np.flatnonzero(self.r >= 0)[j - before[owner]] + self.s.offset)
+            mine = float(int(_where_candidate(self.r)[int(j - before[owner])]) + self.s.offset)
         return int(self.s.max_reduce(np.array([mine]))[0])
 
     def take(self, row: int) -> Tuple[np.ndarray, float]:
@@ -105,7 +249,7 @@ class ShardState:
         message = None
         if owner == self.s.rank:
             local = row - self.s.offset
-            message = np.append(self.m.centre(local), self.r[local]).astype(np.float32)
+            message = np.append(self.m.centre(local), float(self.r[local])).astype(np.float32)
             self.r[local] = -1.0
         message = self.s.broadcast_row(message, owner, d + 1)
         return message[:d], float(message[d])
@@ -113,9 +257,10 @@ class ShardState:
     # -- k-center ------------------------------------------------------------------------------
     def farthest(self) -> int:
         best = np.array([-1.0, -1.0])
-        if self.r.size and self.r.max() >= 0:
-            local = int(np.argmax(self.r))  # the first maximum: the lowest row on ties
-            best = np.array([float(self.r[local]), float(local + self.s.offset)])
+        if len(self.r):
+            top, local = _first_max(self.r)  # the first maximum: the lowest row on ties
+            if top >= 0:
+                best = np.array([top, float(local + self.s.offset)])
         pairs = self.s.gather(best)
         top = pairs[:, 0].max()
         return int(pairs[pairs[:, 0] == top, 1].min())
@@ -126,34 +271,44 @@ class ShardState:
         holds its first leaf; the other ranks send the leading leaves it lacks. Returns this
         rank's sums and the global number of its first one."""
         fan = sm.FAN_IN
-        hi = lo + leaves.size
-        head = min(leaves.size, (-lo) % fan)
+        hi = lo + len(leaves)
+        head = min(len(leaves), (-lo) % fan)
         buf = np.zeros(fan + 2)
         buf[0], buf[1] = lo, head
-        buf[2:2 + head] = leaves[:head]
+        buf[2:2 + head] = _host(leaves[:head])
         heads = self.s.gather(buf)
         first, end = -(-lo // fan), -(-hi // fan)
         if first >= end:
-            return np.empty(0), first
+            return leaves[:0], first
         stop = min(end * fan, total)
         pieces = [leaves[first * fan - lo:]]
         for other in range(self.s.rank + 1, self.s.world):
             if heads[other, 0] < stop:
                 pieces.append(heads[other, 2:2 + int(heads[other, 1])])
-        return sm.serial_sums(np.concatenate(pieces)), first
+        return sm.serial_sums(self._concatenate(pieces)), first
+
+    @staticmethod
+    def _concatenate(pieces: List[Any]) -> Any:
+        """This rank's leaves (NumPy or a device tensor) and the host pieces the next ranks sent."""
+        if isinstance(pieces[0], np.ndarray):
+            return np.concatenate(pieces)
+        import torch
+
+        rest = [torch.from_numpy(p).to(pieces[0].device) for p in pieces[1:]]
+        return torch.cat([pieces[0], *rest])
 
     def d2_draw(self, u: float) -> int:
         """The kernel's ``d2_sample``: a D² draw with uniform u, or a uniform candidate when every
         weight is 0."""
         fan, n = sm.FAN_IN, self.s.total
-        weights = sm.d2_row_weights(self.r)
+        weights = _d2_weights(self.r)
         n_seg, n_blocks = -(-n // fan), -(-n // sm.SAMPLE_BLOCK)
         n_groups = -(-n_blocks // fan)
         seg, seg_lo = self._level_up(weights, self.s.offset, n)
         blk, blk_lo = self._level_up(seg, seg_lo, n_seg)
         grp, grp_lo = self._level_up(blk, blk_lo, n_blocks)
         groups = np.zeros(n_groups)
-        groups[grp_lo:grp_lo + grp.size] = grp
+        groups[grp_lo:grp_lo + len(grp)] = _host(grp)
         groups = self.s.max_reduce(groups)
         total = sm.serial_sum(groups)
         if not total > 0.0:
@@ -171,9 +326,9 @@ class ShardState:
     def _owned(self, values: np.ndarray, lo: int, start: int, count: int) -> np.ndarray:
         """Entries start .. start + count of a level, from whichever ranks hold them."""
         out = np.zeros(count)
-        a, b = max(start, lo), min(start + count, lo + values.size)
+        a, b = max(start, lo), min(start + count, lo + len(values))
         if a < b:
-            out[a - start:b - start] = values[a - lo:b - lo]
+            out[a - start:b - start] = _host(values[a - lo:b - lo])
         return self.s.max_reduce(out)
 
     def _global_candidates(self) -> int:
@@ -213,11 +368,9 @@ def diversity_sharded(group: Any, method: str, prepare: Any, like: Any) -> Tuple
     radii = np.empty(k, dtype=np.float32)
     if k == 0:
         return as_result(picks, like), as_result(radii, like)
-    if method == "badge":
-        metric: Any = Badge(data["probs"], data["features"], data["fma"])
-    else:
-        metric = Euclidean(data["features"], data["fma"])
-    state = ShardState(shards, metric, data["features"].shape[0], data["unavailable"], data.get("threads", 0))
+    device = _cuda_device(data, like)
+    state = ShardState(shards, _metric(method, data, device, like), data["features"].shape[0], data["unavailable"],
+                       data.get("threads", 0), device)
     if labelled:
         _start_from_labelled(state, data["labeled"])
     for t in range(k):
@@ -236,13 +389,53 @@ def diversity_sharded(group: Any, method: str, prepare: Any, like: Any) -> Tuple
     return as_result(picks, like), as_result(radii, like)
 
 
+def _cuda_device(data: Dict[str, Any], like: Any) -> Any:
+    """The CUDA device the shard is computed on, or None for the host path: the device of the
+    rows ``prepare`` returned when they are a CUDA tensor, else of the caller's ``features``
+    when that is one. Needs a module built with CUDA; without one, CUDA input keeps the host
+    path (the CPU engine's picks)."""
+    if not _C.build_info().get("cuda_compiled", False):
+        return None
+    for candidate in (data["features"], like):
+        if type(candidate).__module__.startswith("torch") and candidate.is_cuda:
+            return candidate.device
+    return None
+
+
+_KERNEL_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _on_device(values: Any, device: Any, keep_dtype: bool = False) -> Any:
+    """A contiguous copy (or the tensor itself) on ``device``: float32, or with ``keep_dtype`` a
+    tensor's own float type when the kernels read it (the features: the run reads them so)."""
+    import torch
+
+    t = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values))
+    dtype = t.dtype if keep_dtype and str(t.dtype).replace("torch.", "") in _KERNEL_DTYPES else torch.float32
+    return t.detach().to(device=device, dtype=dtype).contiguous()
+
+
+def _metric(method: str, data: Dict[str, Any], device: Any, like: Any = None) -> Any:
+    if device is not None:
+        # The caller's CUDA features as they are (no host round trip, the run's lane map),
+        # else the float32 rows prepare() returned.
+        on_cuda = type(like).__module__.startswith("torch") and like.is_cuda
+        features = _on_device(like if on_cuda else data["features"], device, keep_dtype=True)
+        return BadgeCuda(_on_device(data["probs"], device), features) if method == "badge" else EuclideanCuda(features)
+    if method == "badge":
+        return Badge(data["probs"], data["features"], data["fma"])
+    return Euclidean(data["features"], data["fma"])
+
+
 def _largest_embedding(state: ShardState) -> int:
     """BADGE's first pick: the largest |g|^2 = |q|^2 |h|^2 (as float64), the lowest row on ties."""
     best = np.array([-1.0, -1.0])
-    norms = np.where(state.r >= 0, state.m.embedding_sq_norms(), -1.0)
-    if norms.size and norms.max() >= 0:
-        local = int(np.argmax(norms))
-        best = np.array([norms[local], float(local + state.s.offset)])
+    sq = state.m.embedding_sq_norms()
+    if len(sq):
+        norms = np.where(state.r >= 0, sq, -1.0) if isinstance(sq, np.ndarray) else sq.where(state.r >= 0, -1.0)
+        top, local = _first_max(norms)
+        if top >= 0:
+            best = np.array([top, float(local + state.s.offset)])
     pairs = state.s.gather(best)
     top = pairs[:, 0].max()
     return int(pairs[pairs[:, 0] == top, 1].min())
@@ -251,7 +444,8 @@ def _largest_embedding(state: ShardState) -> int:
 def _start_from_labelled(state: ShardState, labeled: np.ndarray) -> None:
     """Every candidate's distance to its nearest labelled row, the labelled rows (L x d, small)
     gathered from all ranks."""
-    vectors: List[Optional[np.ndarray]] = state.s.gather_objects(np.ascontiguousarray(state.m.x[labeled]))
+    mine = state.m.rows(labeled) if hasattr(state.m, "rows") else np.ascontiguousarray(state.m.x[labeled])
+    vectors: List[Optional[np.ndarray]] = state.s.gather_objects(mine)
     for block in vectors:
         for centre in block:
             state.fold_in(centre)

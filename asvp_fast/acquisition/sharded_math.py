@@ -13,7 +13,7 @@ It also holds the counter-based uniforms and the D² walk of ``csrc/diversity_ma
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Tuple
 
 import numpy as np
 
@@ -88,14 +88,22 @@ def scale_to_count(u: float, n: int) -> int:
     return j if j < n else n - 1
 
 
-def serial_sums(leaves: np.ndarray) -> np.ndarray:
+def serial_sums(leaves: Any) -> Any:
     """Sums of consecutive runs of FAN_IN float64 leaves, each added in index order from 0.0
-    (the last run may be short: missing leaves weigh 0, and adding 0.0 changes nothing)."""
-    runs = -(-leaves.size // FAN_IN)
-    padded = np.zeros(runs * FAN_IN, dtype=np.float64)
-    padded[:leaves.size] = leaves
+    (the last run may be short: missing leaves weigh 0, and adding 0.0 changes nothing).
+
+    ``leaves`` is a NumPy array or a torch tensor (then the sums stay on its device): FAN_IN
+    elementwise float64 additions, correctly rounded on any device, so both give the same bits."""
+    n = len(leaves)
+    runs = -(-n // FAN_IN)
+    if isinstance(leaves, np.ndarray):
+        padded = np.zeros(runs * FAN_IN, dtype=np.float64)
+        total = np.zeros(runs, dtype=np.float64)
+    else:
+        padded = leaves.new_zeros(runs * FAN_IN)
+        total = leaves.new_zeros(runs)
+    padded[:n] = leaves
     table = padded.reshape(runs, FAN_IN)
-    total = np.zeros(runs, dtype=np.float64)
     for i in range(FAN_IN):
         total = total + table[:, i]
     return total

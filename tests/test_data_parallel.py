@@ -1,0 +1,58 @@
+"""Data-parallel training (loop/models/data_parallel.py) on 2 and 3 local gloo processes: a step on
+W ranks is the step one process takes on the whole batch (global BatchNorm statistics, loss
+scaling under DDP's average, empty parts), and the proxy and FT trainers give one process's model."""
+
+import pickle
+import socket
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+import torch.multiprocessing as mp  # noqa: E402
+
+from data_parallel_workers import worker  # noqa: E402
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"{w}ranks")
+def results(request, tmp_path_factory):
+    world = request.param
+    out = tmp_path_factory.mktemp(f"dp{world}")
+    mp.spawn(worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+    return [pickle.loads((out / f"rank{r}.pkl").read_bytes()) for r in range(world)]
+
+
+def _close(a, b):
+    assert set(a) == set(b)
+    for key in a:  # float32 training: the same up to the order of the sums
+        np.testing.assert_allclose(a[key].double().numpy(), b[key].double().numpy(), rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_a_step_on_ranks_is_one_processs_step_on_the_whole_batch(results):
+    reference = results[0]["one"]
+    for rank in results:
+        state, plain = rank["ranks"]
+        assert plain  # the BatchNorm layers are ordinary ones again after training
+        _close(state, reference)  # weights, and BatchNorm's running mean/var and batch count
+    # every rank holds exactly the same model
+    for rank in results[1:]:
+        for key, value in rank["ranks"][0].items():
+            assert torch.equal(value, results[0]["ranks"][0][key]), key
+
+
+def test_the_proxy_and_fine_tuning_train_one_processs_model(results):
+    proxy_one, classifier_one = results[0]["loop_one"]
+    for rank in results:
+        proxy, classifier = rank["loop"]
+        _close(proxy, proxy_one)
+        _close(classifier, classifier_one)
