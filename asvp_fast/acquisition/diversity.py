@@ -211,6 +211,23 @@ def _host_float32(features: Any) -> np.ndarray:
         return np.ascontiguousarray(features, dtype=np.float32)
 
 
+def _stays_on_device(values: Any) -> bool:
+    """Whether a shard is a CUDA tensor that the CUDA per-pick update reads in place (a build with
+    CUDA); otherwise the sharded path works on host float32 rows."""
+    return (type(values).__module__.startswith("torch") and bool(values.is_cuda)
+            and bool(_C.build_info().get("cuda_compiled", False)))
+
+
+def _finite_rows_on_device(values: Any, chunk_rows: int = 65536) -> np.ndarray:
+    """(n,) bool on the host: each row finite once converted to float32 as the kernel reads it,
+    checked on the tensor's device a chunk at a time (no host copy of the shard)."""
+    out = np.empty(values.shape[0], dtype=bool)
+    for start in range(0, values.shape[0], chunk_rows):
+        block = values[start:start + chunk_rows].detach()
+        out[start:start + block.shape[0]] = block.float().isfinite().all(dim=1).cpu().numpy()
+    return out
+
+
 def _sharded(method: str, features: Any, k: Any, *, x: Any, from_logits: Any, labeled: Any, exclude: Any,
              seed: Any, validate: Any, group: Any, threads: Any = None) -> DiversityResult:
     """:func:`diversity_select` over row shards (asvp_fast.acquisition.distributed)."""
@@ -232,10 +249,13 @@ def _sharded(method: str, features: Any, k: Any, *, x: Any, from_logits: Any, la
                                                                                  of="features")
         prepared = {"k": parse_count(k), "seed": parse_seed(seed), "labeled": lab, "excluded": excluded,
                     "fma": _C.build_info()["isa"] != "base", "threads": parse_threads(threads)}
-        rows = _host_float32(features)
         read = np.ones(n, dtype=bool)
         read[excluded] = False
-        bad = np.flatnonzero(read & ~np.isfinite(rows).all(axis=1))
+        # CUDA shards stay on their device (the CUDA per-pick update reads them there); the host
+        # path gets float32 rows
+        device_rows = _stays_on_device(features)
+        rows = features if device_rows else _host_float32(features)
+        bad = np.flatnonzero(read & ~(_finite_rows_on_device(features) if device_rows else np.isfinite(rows).all(axis=1)))
         if bad.size:
             raise ValueError(f"row {int(bad[0])} of this rank's features shard contains NaN or Inf "
                              "(or a value beyond the float32 range)")
@@ -246,7 +266,7 @@ def _sharded(method: str, features: Any, k: Any, *, x: Any, from_logits: Any, la
             # the kernel's own checks of every row it would read (one pick, no distance pass)
             diversity_select("badge", features, min(1, usable), x=x, exclude=exclude if exclude is not None else None,
                              validate=validate, threads=1)
-            prepared["probs"] = _host_float32(x)
+            prepared["probs"] = x.detach().float() if _stays_on_device(x) else _host_float32(x)
         return prepared
 
     picks, radii = diversity_sharded(group, method, prepare, features)

@@ -341,7 +341,8 @@ def diversity_sharded(group: Any, method: str, prepare: Any, like: Any) -> Tuple
     probabilities) over the shards.
 
     ``prepare()`` checks this rank's arguments and returns a dict: ``features`` (float32 rows of
-    the shard; BADGE also ``probs``, float32), ``labeled`` and ``excluded`` (local row indices),
+    the shard, or the caller's CUDA tensor itself when the CUDA update will read it; BADGE also
+    ``probs``, float32, on the same side), ``labeled`` and ``excluded`` (local row indices),
     ``k``, ``seed``, ``fma`` (the active kernel variant fuses multiply-adds) and optionally
     ``threads`` (for the per-pick update; 0: all cores)."""
     shards = Shards(group)
