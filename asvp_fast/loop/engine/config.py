@@ -238,6 +238,9 @@ class RunConfig:
         if dataclasses.is_dataclass(self.data.fields):
             for name in machine_fields(type(self.data.fields)):
                 d["data"].pop(name, None)
+            for f in dataclasses.fields(type(self.data.fields)):  # case fields added later, at their default
+                if f.metadata.get("omit_default") and d["data"].get(f.name) == f.default:
+                    d["data"].pop(f.name, None)
         for spec, entry in zip(self.methods, d["methods"]):
             options_cls = getattr(METHODS.get(spec.method), "Options", None)
             if dataclasses.is_dataclass(options_cls):
