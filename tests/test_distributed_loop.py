@@ -177,3 +177,41 @@ def test_methods_that_do_not_shard_are_refused_before_any_work(tmp_path):
     assert "exitcode  : 2" in done.stderr
     assert "does not run under torchrun" in done.stderr and "'svpp'" in done.stderr
     assert not (tmp_path / "out" / "state.json").exists()
+
+
+def test_replicated_training_is_bit_identical_to_one_process_at_any_size(tmp_path):
+    """``[distributed] proxy = target = "replicated"``: every rank trains the whole model as one
+    process does, so even where data-parallel rounding makes standard AL diverge (20,000 rows,
+    bench/RESULTS.md) every round of every method equals the 1-process run."""
+    config = tmp_path / "big.toml"
+    config.write_text('''seed = 0
+methods = ["svpp", { method = "svpp", name = "svpp-coreset", strategy = "coreset" }, "standard"]
+[data]
+case = "synthetic"
+pool_size = 20000
+test_size = 2000
+in_dim = 64
+feature_dim = 64
+num_classes = 10
+[schedule]
+initial = 200
+steps = [{ until = 600, step = 200 }]
+[training]
+epochs = 3
+batch_size = 64
+[proxy]
+epochs = 20
+batch_size = 256
+[distributed]
+proxy = "replicated"
+target = "replicated"
+''')
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(load_config(config), tmp_path / "one", echo=lambda *a, **k: None, report=False)
+    finally:
+        torch.set_num_threads(before)
+    done = _torchrun(2, config, tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert _outcome(tmp_path / "two" / "state.json") == _outcome(tmp_path / "one" / "state.json")

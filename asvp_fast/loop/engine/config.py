@@ -19,6 +19,7 @@ A config has these tables (every field but ``data.case`` and a case's required f
     [costs]       label_price, reviews, hourly_price (defaults: asvp_fast.metrics)
     [evaluation]  every_round = true, random_extra_rounds = 0
     [asvp]        threshold = 1.0, force_refresh_round, max_refreshes = 1
+    [distributed] proxy = "ddp", target = "ddp" (under torchrun; "replicated": every rank trains whole)
 
 Every table is a dataclass checked through pydantic (:mod:`.schema`): types are strict, ranges come
 from field metadata, unknown fields are named with a suggestion, paths must exist. All problems are
@@ -49,7 +50,7 @@ from .schema import validate_table
 MAX_ROUNDS = 100_000  # rounds in one run (schedule + random_extra_rounds): more is a typo, not a study
 MAX_CONFIG_BYTES = 4 << 20
 TOP_LEVEL = ("seed", "methods", "data", "cache", "schedule", "selection", "proxy", "training", "oracle", "costs",
-             "evaluation", "asvp")
+             "evaluation", "asvp", "distributed")
 __all__ = ["ConfigError", "RunConfig", "DataConfig", "check_budget", "load_config", "parse_config", "parse_toml"]
 
 
@@ -177,6 +178,26 @@ class AsvpConfig:
     max_refreshes: int = field(default=1, metadata={"ge": 0, "le": MAX_ROUNDS})
 
 
+_TRAINING_KINDS = ("ddp", "replicated")
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """``[distributed]``: how a run under ``torchrun`` trains (ignored on one process).
+
+    ``"ddp"``: each rank trains on its part of every global batch (DistributedDataParallel,
+    BatchNorm over the global batch): a W-th of the work per rank, the model one process trains up
+    to float32 summation order. ``"replicated"``: every rank trains on the whole batches, as one
+    process does: bit-identical to a one-process run with the same thread count, no speed-up (for
+    the small MLP proxy it costs little and makes the selections reproducible across rank counts).
+    Machine settings: a run may resume with other values (and other rank counts).
+    """
+
+    proxy: str = field(default="ddp", metadata={"choices": _TRAINING_KINDS, "what": "proxy training", "machine": True})
+    target: str = field(default="ddp", metadata={"choices": _TRAINING_KINDS, "what": "target-model training",
+                                                 "machine": True})
+
+
 @dataclass(frozen=True)
 class _Top:
     seed: int = field(default=0, metadata={"ge": 0})
@@ -184,7 +205,7 @@ class _Top:
 
 TABLES: Dict[str, type] = {"cache": CacheConfig, "selection": SelectionConfig, "proxy": ProxyConfig,
                            "training": TrainConfig, "oracle": OracleConfig, "costs": CostConfig,
-                           "evaluation": EvaluationConfig, "asvp": AsvpConfig}
+                           "evaluation": EvaluationConfig, "asvp": AsvpConfig, "distributed": DistributedConfig}
 
 
 @dataclass(frozen=True)
@@ -201,6 +222,7 @@ class RunConfig:
     costs: CostConfig = field(default_factory=CostConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     asvp: AsvpConfig = field(default_factory=AsvpConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     base_dir: str = "."  # where relative paths in the config are resolved (the config file's folder)
 
     @property
@@ -235,6 +257,8 @@ class RunConfig:
             for f in dataclasses.fields(type(getattr(self, table))):  # fields added later, at their default
                 if f.metadata.get("omit_default") and d[table].get(f.name) == f.default:
                     d[table].pop(f.name, None)
+            if not d[table]:  # a table of machine settings only ([distributed]) is no part of the digest
+                d.pop(table)
         if dataclasses.is_dataclass(self.data.fields):
             for name in machine_fields(type(self.data.fields)):
                 d["data"].pop(name, None)

@@ -172,7 +172,7 @@ class RunContext:
                                     seed=derive_seed(self.config.seed, "train", len(rows)),
                                     lp_features=self.pool_features_or_none, progress=self.progress,
                                     teacher_features=self.teacher_features() if needs_teachers(mode) else None,
-                                    group=self.group)
+                                    group=self.group if self.config.distributed.target == "ddp" else None)
 
     def evaluate(self, model: Classifier) -> float:
         """Test accuracy; in a distributed run each rank predicts its shard of the test set."""

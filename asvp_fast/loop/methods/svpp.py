@@ -42,7 +42,8 @@ class SVPpMethod(Method):
         ctx = self.ctx
         hidden = self.strategy in EMBEDDING_STRATEGIES and ctx.config.selection.space == "embedding"
         return ProxySelector(features, ctx.case.num_classes, ctx.config.proxy, hidden=hidden,
-                             spill_path=ctx.work_dir / f"{self.slug}-hidden.f16", progress=ctx.progress, group=ctx.group)
+                             spill_path=ctx.work_dir / f"{self.slug}-hidden.f16", progress=ctx.progress, group=ctx.group,
+                             data_parallel=ctx.config.distributed.proxy == "ddp")
 
     def select_with_proxy(self, features: np.ndarray, round_: int, labelled: np.ndarray,
                           k: int) -> Tuple[np.ndarray, Dict[str, Any]]:

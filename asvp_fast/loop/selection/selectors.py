@@ -44,8 +44,9 @@ class ProxySelector(Selector):
     ``hidden``: the proxy's penultimate embedding is needed (diversity strategies in the
     ``embedding`` space); ``spill_path``: where a hidden embedding over :data:`IN_MEMORY_BYTES` goes
     as a float16 memmap. ``group``: a distributed run's process group: the proxy trains
-    data-parallel on the labelled rows (read from any shard) and each rank computes the outputs of
-    its own shard of the pool only (the view holds that shard).
+    data-parallel on the labelled rows (read from any shard; ``data_parallel=False``: every rank
+    trains it whole, as one process does) and each rank computes the outputs of its own shard of
+    the pool only (the view holds that shard).
     """
 
     features: np.ndarray
@@ -55,11 +56,12 @@ class ProxySelector(Selector):
     spill_path: Optional[Path] = None
     progress: Optional[bool] = None
     group: Any = None
+    data_parallel: bool = True
 
     def view(self, labelled: np.ndarray, labels: np.ndarray, *, seed: int) -> Tuple[SelectorView, Dict[str, Any]]:
         start = time.perf_counter()
         proxy = train_proxy(self.features, labelled, labels, self.num_classes, self.config, seed=seed,
-                            progress=self.progress, group=self.group)
+                            progress=self.progress, group=self.group if self.data_parallel else None)
         trained_s = time.perf_counter() - start
         n = self.features.shape[0]
         lo, hi = shard_range(n, self.group)
