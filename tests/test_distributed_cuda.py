@@ -4,9 +4,9 @@
   warp arithmetic and the distances of the single-process CUDA kernel: replaying that kernel's
   picks with the fold-in gives each pick's reported distance, and its farthest row (k-center) or
   its D² draw (k-means++, BADGE: the choose kernel rendered over r) is the next pick.
-- Two GPUs or more: two processes (NCCL for CUDA tensors, gloo for the host values the
-  collectives carry) hold one shard each on their own device; sharded k-center, k-means++ and
-  BADGE return the single-process CUDA picks on every rank.
+- Two GPUs or more: two processes (pure NCCL, and NCCL beside gloo) hold one shard each on their
+  own device; sharded k-center, k-means++, BADGE, margin and (gathered) TypiClust return the
+  single-process CUDA picks on every rank.
 """
 
 from __future__ import annotations
@@ -143,12 +143,17 @@ def test_fold_in_replays_the_single_process_cuda_kernel(method, dtype):
 
 # -- two processes, one GPU each ------------------------------------------------------------------
 
-CASES = {"kcenter": 30, "kmeans_pp": 30, "badge": 25, "kcenter_bf16": 30, "kcenter_labelled": 20}
+CASES = {"kcenter": 30, "kmeans_pp": 30, "badge": 25, "kcenter_bf16": 30, "kcenter_labelled": 20, "margin": 40,
+         "typiclust": 10}
 BOUNDS = [0, 2345, 5000]
 LABELLED = np.array([3, 2344, 2345, 4000])
 
 
 def _run(method, x, p, k, group, lo=0):
+    if method == "margin":  # the sharded top-k merge (its collectives on the NCCL device)
+        return af.select_uncertain(p, k, "margin", group=group)
+    if method == "typiclust":  # the gathered route: the pool to rank 0 through NCCL
+        return af.typiclust(x, k, seed=7, group=group)
     if method == "kcenter_bf16":
         return af.kcenter_greedy(x.bfloat16(), k, seed=7, group=group)
     if method == "kcenter_labelled":
@@ -161,14 +166,14 @@ def _run(method, x, p, k, group, lo=0):
     return af.kcenter_greedy(x, k, seed=7, group=group)
 
 
-def _worker(rank, world, port, out_dir):
+def _worker(rank, world, port, out_dir, backend):
     import torch.distributed as dist
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.cuda.set_device(rank)
-    # NCCL for CUDA tensors; the sharded driver's collectives carry host (NumPy) values: gloo.
-    dist.init_process_group("cpu:gloo,cuda:nccl", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
+    # pure NCCL (what `torchrun -m asvp_fast` uses on GPUs: the collectives' small values go
+    # through the current device), or NCCL for CUDA tensors beside gloo for host ones
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     x, p = _pool(4)
     lo, hi = BOUNDS[rank], BOUNDS[rank + 1]
     gx, gp = torch.from_numpy(x[lo:hi]).cuda(), torch.from_numpy(p[lo:hi]).cuda()
@@ -194,7 +199,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_gpus_pick_as_one_gpu(tmp_path):
+@pytest.mark.parametrize("backend", ["nccl", "cpu:gloo,cuda:nccl"])
+def test_two_gpus_pick_as_one_gpu(tmp_path, backend):
     if torch.cuda.device_count() < 2:
         pytest.skip(MULTI_GPU_SKIP)
     import torch.distributed as dist
@@ -202,7 +208,7 @@ def test_two_gpus_pick_as_one_gpu(tmp_path):
     if not dist.is_available() or not dist.is_nccl_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with NCCL and gloo is not available")
     world = 2
-    torch.multiprocessing.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    torch.multiprocessing.spawn(_worker, args=(world, _free_port(), str(tmp_path), backend), nprocs=world, join=True)
     per_rank = []
     for rank in range(world):
         with open(tmp_path / f"rank{rank}.pkl", "rb") as f:

@@ -215,3 +215,21 @@ target = "replicated"
     done = _torchrun(2, config, tmp_path / "two")
     assert done.returncode == 0, done.stderr[-4000:]
     assert _outcome(tmp_path / "two" / "state.json") == _outcome(tmp_path / "one" / "state.json")
+
+
+@pytest.mark.cuda
+def test_two_gpus_run_the_loop_with_nccl(tmp_path):
+    """The NCCL path: ``torchrun`` on 2 GPUs (each rank on its LOCAL_RANK's device, NCCL picked
+    because CUDA is available) buys the rows a 1-GPU run buys, with replicated training (bit for
+    bit one process's model, so only the sharded selection differs from the 1-GPU run)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs at least 2 CUDA devices")
+    config = _config(tmp_path / "gpu.toml", methods='["svpp", { method = "svpp", name = "svpp-badge", strategy = "badge" }]')
+    config.write_text(config.read_text() + '[distributed]\nproxy = "replicated"\ntarget = "replicated"\n')
+    one = subprocess.run([sys.executable, "-m", "asvp_fast", "run", str(config), "-o", str(tmp_path / "one"),
+                          "--no-progress"], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-4000:]
+    two = _torchrun(2, config, tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-4000:]
+    assert _outcome(tmp_path / "two" / "state.json") == _outcome(tmp_path / "one" / "state.json")
