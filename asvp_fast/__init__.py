@@ -15,6 +15,7 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
     ) from exc
 
 from . import metrics
+from .acquisition.approximate import kcenter_greedi, kmeans_parallel
 from .acquisition.bald import bald
 from .acquisition.batchbald import batchbald
 from .acquisition.cluster_margin import cluster_margin
@@ -47,4 +48,4 @@ def __dir__() -> list:
 
 
 __all__ = ["__version__", "backends", "metrics", "badge", "bald", "batchbald", "cluster_margin", "kcenter_greedy", "kmeans_pp",
-           "logme", "ped", "probcover", "scores", "select_uncertain", "typiclust"]
+           "kcenter_greedi", "kmeans_parallel", "logme", "ped", "probcover", "scores", "select_uncertain", "typiclust"]

@@ -187,6 +187,10 @@ def data_parallel(model: nn.Module, group: Any, device: torch.device) -> Iterato
     try:
         device_ids: Optional[List[int]] = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else None
-        yield DistributedDataParallel(model, device_ids=device_ids, process_group=group, **_no_buffer_sync())
+        # static_graph: the same parameters take part in every step, and some never do (e.g. a
+        # Hugging Face encoder's pooler, or a frozen layer); DDP then skips them without searching
+        # the autograd graph every step, as find_unused_parameters would
+        yield DistributedDataParallel(model, device_ids=device_ids, process_group=group, static_graph=True,
+                                      **_no_buffer_sync())
     finally:
         _restore_batchnorms(model)
