@@ -66,12 +66,40 @@ def _proxy_and_fine_tune(group):
     return ({k: v.clone() for k, v in proxy.state_dict().items()}, {k: v.clone() for k, v in cls.state_dict().items()})
 
 
+class _WithUnused(nn.Module):
+    """A model with a parameter no forward uses (like a Hugging Face encoder's pooler)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.used, self.unused = nn.Linear(4, 2), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def _unused_parameters(group):
+    from asvp_fast.loop.models.data_parallel import data_parallel, rank_part
+
+    model = _WithUnused()
+    before = model.unused.weight.detach().clone()
+    with data_parallel(model, group, torch.device("cpu")) as net:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1, 1, 0])
+        for _ in range(3):  # DDP without static_graph fails from the second step on
+            opt.zero_grad()
+            net(rank_part(x, group)).sum().backward()
+            opt.step()
+    return torch.equal(model.unused.weight, before)
+
+
 def worker(rank, world, port, out_dir):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
-        result = {"ranks": _ranks(dist.group.WORLD), "loop": _proxy_and_fine_tune(dist.group.WORLD)}
+        result = {"ranks": _ranks(dist.group.WORLD), "loop": _proxy_and_fine_tune(dist.group.WORLD),
+                  "unused_untouched": _unused_parameters(dist.group.WORLD)}
         if rank == 0:
             result["one"] = _one_process()
             result["loop_one"] = _proxy_and_fine_tune(None)

@@ -56,3 +56,7 @@ def test_the_proxy_and_fine_tuning_train_one_processs_model(results):
         proxy, classifier = rank["loop"]
         _close(proxy, proxy_one)
         _close(classifier, classifier_one)
+
+
+def test_parameters_no_forward_uses_do_not_stop_data_parallel_training(results):
+    assert all(rank["unused_untouched"] for rank in results)
