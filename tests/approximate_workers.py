@@ -1,13 +1,12 @@
 """What the spawned ranks of tests/test_approximate_selection.py run (a module of its own, so that
 child processes can import it by name; see tests/distributed_workers.py)."""
 
-import datetime
-import os
-import pickle
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from gloo_ranks import init_gloo, leave_together, record_failures, write_rank
 
 N_BLOBS, BLOB_ROWS = 20, 2000
 LABELLED = np.arange(5, BLOB_ROWS, 97)  # global rows
@@ -93,8 +92,7 @@ def failures():
 
 
 def worker(rank, world, port, out_dir):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
+    init_gloo(rank, world, port)
     group = dist.group.WORLD
     results = {}
     try:
@@ -104,15 +102,7 @@ def worker(rank, world, port, out_dir):
             # the one-process picks, which k-means|| must reproduce (GreeDi's differ by design)
             ref = run(pool, None, 0, BOUNDS[world][-1]) if rank == 0 and name.startswith("kmpar") else None
             results[name] = (np.asarray(got), None if ref is None else np.asarray(ref), type(got).__module__)
-        for name, call in failures().items():
-            try:
-                call(group, rank, world)
-                results["fail_" + name] = None
-            except Exception as exc:  # noqa: BLE001 - recorded for the test to judge
-                results["fail_" + name] = (type(exc).__name__, str(exc))
+        record_failures(failures(), group, rank, world, results)
     finally:
-        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-            pickle.dump(results, f)
-    # leave together and skip the interpreter's teardown (see tests/distributed_workers.py)
-    dist.barrier()
-    os._exit(0)
+        write_rank(out_dir, rank, results)
+    leave_together()

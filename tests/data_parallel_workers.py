@@ -1,14 +1,12 @@
 """What the spawned ranks of tests/test_data_parallel.py run (a module of its own, importable by
 name in the child processes, like tests/distributed_workers.py)."""
 
-import datetime
-import os
-import pickle
-
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from gloo_ranks import init_gloo, leave_together, write_rank
 
 
 def _net(seed):
@@ -85,7 +83,7 @@ def _unused_parameters(group):
     before = model.unused.weight.detach().clone()
     with data_parallel(model, group, torch.device("cpu")) as net:
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        x, y = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1, 1, 0])
+        x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         for _ in range(3):  # DDP without static_graph fails from the second step on
             opt.zero_grad()
             net(rank_part(x, group)).sum().backward()
@@ -94,17 +92,14 @@ def _unused_parameters(group):
 
 
 def worker(rank, world, port, out_dir):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    init_gloo(rank, world, port, seconds=60)
     try:
         result = {"ranks": _ranks(dist.group.WORLD), "loop": _proxy_and_fine_tune(dist.group.WORLD),
                   "unused_untouched": _unused_parameters(dist.group.WORLD)}
         if rank == 0:
             result["one"] = _one_process()
             result["loop_one"] = _proxy_and_fine_tune(None)
-        dist.barrier()  # no rank tears the group down while another still uses it
     finally:
-        dist.destroy_process_group()
-    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-        pickle.dump(result, f)
+        write_rank(out_dir, rank, result)
+    leave_together()

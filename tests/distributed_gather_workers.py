@@ -2,15 +2,15 @@
 pool is gathered on rank 0 (TypiClust, ProbCover, Cluster-Margin's clustering, ActiveFT). A module
 of its own on pytest's ``pythonpath``, so that child processes can import it by name."""
 
-import datetime
 import os
-import pickle
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-TIMEOUT = datetime.timedelta(seconds=60)
+from gloo_ranks import init_gloo, leave_together, record_failures, write_rank
+
+TIMEOUT_S = 60
 
 
 def _pool(seed, n, d, kind="normal"):
@@ -194,8 +194,7 @@ def failures():
 
 
 def _init(rank, world, port):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=TIMEOUT)
+    init_gloo(rank, world, port, seconds=TIMEOUT_S)
     torch.set_num_threads(1)  # ranks share a few cores
 
 
@@ -213,18 +212,10 @@ def worker(rank, world, port, out_dir):
             ref = run(x, None, 0, bounds[world][-1]) if rank == 0 else None
             results[name] = (np.asarray(got), None if ref is None else np.asarray(ref), type(got).__module__)
         results["hac_slices"] = _hac_slices(rank, world)
-        for name, call in failures().items():
-            try:
-                call(group, rank, world)
-                results["fail_" + name] = None
-            except Exception as exc:  # noqa: BLE001 - recorded for the test to judge
-                results["fail_" + name] = (type(exc).__name__, str(exc))
+        record_failures(failures(), group, rank, world, results)
     finally:
-        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-            pickle.dump(results, f)
-    # leave together and skip the interpreter's teardown (see tests/distributed_workers.py)
-    dist.barrier()
-    os._exit(0)
+        write_rank(out_dir, rank, results)
+    leave_together()
 
 
 def dies_mid_run(rank, world, port, out_dir, who):
@@ -250,6 +241,5 @@ def dies_mid_run(rank, world, port, out_dir, who):
         outcome = None
     except Exception as exc:  # noqa: BLE001 - recorded for the test
         outcome = (type(exc).__name__, str(exc))
-    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-        pickle.dump(outcome, f)
+    write_rank(out_dir, rank, outcome)
     os._exit(0)

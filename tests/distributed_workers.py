@@ -3,13 +3,13 @@
 not importable in a fresh interpreter. The children inherit the parent's ``sys.path``, so they import
 the same asvp_fast as the tests (the installed one in CI)."""
 
-import datetime
 import os
-import pickle
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from gloo_ranks import init_gloo, leave_together, record_failures, write_rank
 
 
 
@@ -152,8 +152,7 @@ def _failures():
 
 
 def _worker(rank, world, port, out_dir):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
+    init_gloo(rank, world, port)
     group = dist.group.WORLD
     results = {}
     from asvp_fast import scores as af_scores
@@ -168,24 +167,14 @@ def _worker(rank, world, port, out_dir):
         local = af_scores(p[lo:hi], "entropy", group=group)
         ref = af_scores(p, "entropy")
         results["scores_local"] = (np.asarray(local.view(np.int32)), np.asarray(ref[lo:hi].view(np.int32)), "")
-        for name, call in _failures().items():
-            try:
-                call(group, rank, world)
-                results["fail_" + name] = None
-            except Exception as exc:  # noqa: BLE001 - recorded for the test to judge
-                results["fail_" + name] = (type(exc).__name__, str(exc))
+        record_failures(_failures(), group, rank, world, results)
     finally:
-        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-            pickle.dump(results, f)
-    # Leave together and skip the interpreter's teardown: a gloo group torn down while a peer
-    # is still closing its connections can abort the process ("terminate called ...").
-    dist.barrier()
-    os._exit(0)
+        write_rank(out_dir, rank, results)
+    leave_together()
 
 
 def _dies_mid_run(rank, world, port, out_dir):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
+    init_gloo(rank, world, port)
     import asvp_fast as af
     from asvp_fast.acquisition import sharded_diversity
 
@@ -205,7 +194,6 @@ def _dies_mid_run(rank, world, port, out_dir):
         outcome = None
     except Exception as exc:  # noqa: BLE001 - recorded for the test
         outcome = (type(exc).__name__, str(exc))
-    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-        pickle.dump(outcome, f)
+    write_rank(out_dir, rank, outcome)
     if rank == 1:
         os._exit(0)  # leaves the group as a crashed process would

@@ -3,9 +3,6 @@ seeding. Plain references in one process, quality against the exact methods with
 the literature, and gloo groups of 2 and 4 spawned ranks (one group per world size runs every
 scenario once; spawning is the expensive part)."""
 
-import pickle
-import socket
-
 import numpy as np
 import pytest
 
@@ -23,6 +20,7 @@ from approximate_workers import (  # noqa: E402
     worker,
 )
 from asvp_fast.acquisition.approximate import kcenter_greedi, kmeans_parallel  # noqa: E402
+from gloo_ranks import assert_every_rank_raised, spawn  # noqa: E402
 
 
 def _distances(x, rows):
@@ -160,26 +158,12 @@ def test_kmeans_parallel_cost_is_within_twice_exact_kmeans_pp():
 # ---------------------------------------------------------------------------------------------
 # gloo groups of 2 and 4 ranks
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"{w}ranks")
 def answers(request, tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    import torch.multiprocessing as mp
-
     world = request.param
-    out = tmp_path_factory.mktemp(f"approximate{world}")
-    mp.spawn(worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
-    per_rank = []
-    for rank in range(world):
-        with open(out / f"rank{rank}.pkl", "rb") as f:
-            per_rank.append(pickle.load(f))
-    return world, per_rank
+    return world, spawn(worker, world, tmp_path_factory.mktemp(f"approximate{world}"))
 
 
 @pytest.mark.parametrize("name", list(scenarios()))
@@ -247,10 +231,7 @@ def test_greedi_with_labelled_rows_covers_the_blobs(answers):
 ])
 def test_a_failing_rank_makes_every_rank_raise(answers, name, kind, words):
     world, per_rank = answers
-    for rank in range(world):
-        outcome = per_rank[rank]["fail_" + name]
-        assert outcome is not None, f"rank {rank} did not raise"
-        assert outcome[0] == kind and words in outcome[1], outcome
+    assert_every_rank_raised(per_rank, name, kind, words)
     if name.endswith("nan_on_last"):
         assert f"rank {world - 1} of {world}" in per_rank[0]["fail_" + name][1]
 

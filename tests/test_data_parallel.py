@@ -2,9 +2,6 @@
 W ranks is the step one process takes on the whole batch (global BatchNorm statistics, loss
 scaling under DDP's average, empty parts), and the proxy and FT trainers give one process's model."""
 
-import pickle
-import socket
-
 import numpy as np
 import pytest
 
@@ -13,23 +10,14 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
-import torch.multiprocessing as mp  # noqa: E402
-
 from data_parallel_workers import worker  # noqa: E402
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from gloo_ranks import spawn  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"{w}ranks")
 def results(request, tmp_path_factory):
     world = request.param
-    out = tmp_path_factory.mktemp(f"dp{world}")
-    mp.spawn(worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
-    return [pickle.loads((out / f"rank{r}.pkl").read_bytes()) for r in range(world)]
+    return spawn(worker, world, tmp_path_factory.mktemp(f"dp{world}"))
 
 
 def _close(a, b):

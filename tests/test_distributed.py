@@ -5,9 +5,6 @@ One group of local processes per world size runs every scenario once (spawning i
 expensive part); the tests then read that group's answers.
 """
 
-import pickle
-import socket
-
 import numpy as np
 import pytest
 
@@ -16,26 +13,13 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
-import torch.multiprocessing as mp  # noqa: E402
-
 from distributed_workers import _dies_mid_run, _probs, _worker  # noqa: E402
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from gloo_ranks import assert_every_rank_raised, read_rank, spawn, start_and_wait  # noqa: E402
 
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"{w}ranks")
 def answers(request, tmp_path_factory):
     world = request.param
-    out = tmp_path_factory.mktemp(f"world{world}")
-    mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
-    per_rank = []
-    for rank in range(world):
-        with open(out / f"rank{rank}.pkl", "rb") as f:
-            per_rank.append(pickle.load(f))
-    return world, per_rank
+    return world, spawn(_worker, world, tmp_path_factory.mktemp(f"world{world}"))
 
 
 @pytest.mark.parametrize("name", [
@@ -71,10 +55,7 @@ def test_every_rank_gets_the_single_process_picks(answers, name):
 ])
 def test_a_failing_rank_makes_every_rank_raise(answers, name, kind, words):
     world, per_rank = answers
-    for rank in range(world):
-        outcome = per_rank[rank]["fail_" + name]
-        assert outcome is not None, f"rank {rank} did not raise"
-        assert outcome[0] == kind and words in outcome[1], outcome
+    assert_every_rank_raised(per_rank, name, kind, words)
     if name == "nan":
         assert f"rank {world - 1} of {world}" in per_rank[0]["fail_nan"][1]
 
@@ -141,18 +122,7 @@ def test_host_distances_are_the_kernels_bit_for_bit(isa):
 
 
 def test_a_rank_failing_mid_run_makes_the_others_raise(tmp_path):
-    context = mp.start_processes(_dies_mid_run, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
-                                 start_method="spawn")
-    try:
-        for process in context.processes:
-            process.join(90)
-            assert process.exitcode is not None, "a rank hangs"
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-    with open(tmp_path / "rank0.pkl", "rb") as f:
-        kind, message = pickle.load(f)
+    start_and_wait(_dies_mid_run, 2, tmp_path)
+    kind, message = read_rank(tmp_path, 0)
     assert kind == "RuntimeError" and "collective failed on rank 0 of 2" in message
-    with open(tmp_path / "rank1.pkl", "rb") as f:
-        assert pickle.load(f) == ("MemoryError", "simulated failure")
+    assert read_rank(tmp_path, 1) == ("MemoryError", "simulated failure")

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import datetime
 import os
-import pickle
-import socket
 
 import numpy as np
 import pytest
+from gloo_ranks import leave_together, spawn, write_rank
 
 import asvp_fast as af
 import asvp_fast._C as _C
@@ -187,16 +186,8 @@ def _worker(rank, world, port, out_dir, backend):
     except Exception as exc:  # noqa: BLE001 - recorded for the test
         results["error"] = repr(exc)
     finally:
-        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-            pickle.dump(results, f)
-    dist.barrier()
-    os._exit(0)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        write_rank(out_dir, rank, results)
+    leave_together()
 
 
 @pytest.mark.parametrize("backend", ["nccl", "cpu:gloo,cuda:nccl"])
@@ -208,11 +199,7 @@ def test_two_gpus_pick_as_one_gpu(tmp_path, backend):
     if not dist.is_available() or not dist.is_nccl_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with NCCL and gloo is not available")
     world = 2
-    torch.multiprocessing.spawn(_worker, args=(world, _free_port(), str(tmp_path), backend), nprocs=world, join=True)
-    per_rank = []
-    for rank in range(world):
-        with open(tmp_path / f"rank{rank}.pkl", "rb") as f:
-            per_rank.append(pickle.load(f))
+    per_rank = spawn(_worker, world, tmp_path, backend)
     for rank, got in enumerate(per_rank):
         assert "error" not in got, f"rank {rank}: {got.get('error')}"
         for method in CASES:

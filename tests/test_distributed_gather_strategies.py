@@ -6,9 +6,6 @@ One group of local processes per world size runs every scenario once (spawning i
 part); the tests then read that group's answers.
 """
 
-import pickle
-import socket
-
 import numpy as np
 import pytest
 
@@ -17,9 +14,8 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
-import torch.multiprocessing as mp  # noqa: E402
-
 from distributed_gather_workers import dies_mid_run, worker  # noqa: E402
+from gloo_ranks import assert_every_rank_raised, read_rank, spawn, start_and_wait  # noqa: E402
 
 SCENARIOS = [
     "typiclust", "typiclust_labelled_mask", "typiclust_k_over_shard", "typiclust_ties", "typiclust_torch",
@@ -30,22 +26,10 @@ SCENARIOS = [
 ]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"{w}ranks")
 def answers(request, tmp_path_factory):
     world = request.param
-    out = tmp_path_factory.mktemp(f"gather{world}")
-    mp.spawn(worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
-    per_rank = []
-    for rank in range(world):
-        with open(out / f"rank{rank}.pkl", "rb") as f:
-            per_rank.append(pickle.load(f))
-    return world, per_rank
+    return world, spawn(worker, world, tmp_path_factory.mktemp(f"gather{world}"))
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
@@ -80,10 +64,7 @@ def test_hac_clusters_gives_each_rank_its_slice_of_the_single_process_clustering
 ])
 def test_a_failing_rank_makes_every_rank_raise(answers, name, kind, words):
     world, per_rank = answers
-    for rank in range(world):
-        outcome = per_rank[rank]["fail_" + name]
-        assert outcome is not None, f"rank {rank} did not raise"
-        assert outcome[0] == kind and words in outcome[1], outcome
+    assert_every_rank_raised(per_rank, name, kind, words)
     if name == "nan":
         assert f"rank {world - 1} of {world}" in per_rank[0]["fail_nan"][1]
     if name in ("bad_clustering", "root_run_fails"):
@@ -92,23 +73,12 @@ def test_a_failing_rank_makes_every_rank_raise(answers, name, kind, words):
 
 @pytest.mark.parametrize("who", [1, 0], ids=["peer_fails_in_gather", "root_dies_while_selecting"])
 def test_a_rank_failing_mid_run_makes_the_others_raise(tmp_path, who):
-    context = mp.start_processes(dies_mid_run, args=(2, _free_port(), str(tmp_path), who), nprocs=2, join=False,
-                                 start_method="spawn")
-    try:
-        for process in context.processes:
-            process.join(120)
-            assert process.exitcode is not None, "a rank hangs"
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
+    start_and_wait(dies_mid_run, 2, tmp_path, who, seconds=120)
     survivor = 1 - who
-    with open(tmp_path / f"rank{survivor}.pkl", "rb") as f:
-        kind, message = pickle.load(f)
+    kind, message = read_rank(tmp_path, survivor)
     assert kind == "RuntimeError" and f"collective failed on rank {survivor} of 2" in message
     if who == 1:
-        with open(tmp_path / "rank1.pkl", "rb") as f:
-            assert pickle.load(f) == ("MemoryError", "simulated failure")
+        assert read_rank(tmp_path, 1) == ("MemoryError", "simulated failure")
 
 
 def test_a_group_that_is_not_a_process_group_is_a_type_error():

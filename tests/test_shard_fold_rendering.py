@@ -15,13 +15,10 @@ path of the sharded driver run on CPU tensors with that rendering in the kernel'
 from __future__ import annotations
 
 import ctypes
-import datetime
-import os
-import pickle
-import socket
 
 import numpy as np
 import pytest
+from gloo_ranks import init_gloo, leave_together, spawn, write_rank
 
 import asvp_fast._C as _C
 from asvp_fast.acquisition import sharded_math as sm
@@ -280,8 +277,7 @@ def _worker(rank, world, port, out_dir):
 
     from asvp_fast.acquisition import sharded_diversity as sd
 
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    init_gloo(rank, world, port, seconds=60)
 
     class Euclidean(sd.EuclideanCuda):
         kernel = staticmethod(_rendered_fold_in)
@@ -312,29 +308,19 @@ def _worker(rank, world, port, out_dir):
     except Exception as exc:  # noqa: BLE001 - recorded for the test
         results["error"] = repr(exc)
     finally:
-        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-            pickle.dump(results, f)
-    dist.barrier()
-    os._exit(0)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        write_rank(out_dir, rank, results)
+    leave_together()
 
 
 def test_device_path_of_the_driver_picks_as_one_process(tmp_path):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     world = len(BOUNDS) - 1
-    torch.multiprocessing.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    per_rank = spawn(_worker, world, tmp_path)
     x, probs = _pool(3)
-    for rank in range(world):
-        with open(tmp_path / f"rank{rank}.pkl", "rb") as f:
-            got = pickle.load(f)
+    for rank, got in enumerate(per_rank):
         assert "error" not in got, got.get("error")
         for method, k in CASES.items():
             want = _reference(method, x, k, 11, probs if method == "badge" else None)

@@ -35,8 +35,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..core.checks import parse_count, parse_int, parse_positive_real, parse_real, parse_seed
-from .strategy_inputs import as_array, check_float, common, feature_matrix, like_input
+from ..core.checks import parse_int, parse_positive_real, parse_real, parse_seed
+from .strategy_inputs import as_array, check_float, common, feature_matrix, gathered_shard_input, like_input
 from .typiclust import kmeans_labels
 from .distributed import ShardInput, select_on_root
 
@@ -232,17 +232,5 @@ def _select(x: np.ndarray, labelled: np.ndarray, k: int, *, seed: int, radius: O
 def _shard_input(features: Any, k: Any, labeled: Any, delta: Any, seed: Any, pseudo_classes: Any, purity: Any,
                  max_edges: Any, device: Any, threads: Any, progress: Any) -> ShardInput:
     """This rank's checked arguments and float32 rows; rank 0 selects under its own thread limits."""
-    features = as_array(features, "features")
-    n, _ = check_float(features, "features", 2, "N rows x d features")
-    count = parse_count(k)
-    call = common(features, n, 0, labeled, "labeled", device=device, threads=threads, progress=progress,
-                  of="features")
-    options = _options(delta, seed, pseudo_classes, purity, max_edges)
-    blocked = np.zeros(n, dtype=bool)
-    blocked[call.rows] = True
-
-    def select(pool: np.ndarray, labelled: np.ndarray, kk: int) -> np.ndarray:
-        with call.limits():
-            return _select(pool, labelled, kk, **options)
-
-    return ShardInput(feature_matrix(features), blocked, dict(options, k=count), select)
+    return gathered_shard_input(features, k, labeled, lambda: _options(delta, seed, pseudo_classes, purity, max_edges),
+                                _select, device=device, threads=threads, progress=progress)

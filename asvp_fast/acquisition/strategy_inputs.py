@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -160,3 +160,27 @@ def top_k_merge(best_scores: np.ndarray, best_rows: np.ndarray, scores: np.ndarr
     all_rows = np.concatenate([best_rows, rows])
     order = np.lexsort((all_rows, -all_scores))[:k]
     return all_scores[order], all_rows[order]
+
+
+def gathered_shard_input(features: Any, k: Any, labeled: Any, make_options: Callable[[], Dict[str, Any]],
+                         run: Callable[..., np.ndarray], *, device: Any, threads: Any, progress: Any) -> Any:
+    """A strategy's input to the gathered route (:func:`.distributed.select_on_root`): this rank's
+    checked float32 rows, its labelled rows as a mask, the options every rank must agree on
+    (``make_options()``, checked after the common arguments), and the selection rank 0 runs,
+    ``run(pool, labelled, k, **options)``, under this call's thread limits (TypiClust, ProbCover)."""
+    from .distributed import ShardInput
+
+    features = as_array(features, "features")
+    n, _ = check_float(features, "features", 2, "N rows x d features")
+    count = parse_count(k)
+    call = common(features, n, 0, labeled, "labeled", device=device, threads=threads, progress=progress,
+                  of="features")
+    options = make_options()
+    blocked = np.zeros(n, dtype=bool)
+    blocked[call.rows] = True
+
+    def select(pool: np.ndarray, labelled: np.ndarray, kk: int) -> np.ndarray:
+        with call.limits():
+            return run(pool, labelled, kk, **options)
+
+    return ShardInput(feature_matrix(features), blocked, dict(options, k=count), select)

@@ -25,8 +25,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ..core.checks import parse_count, parse_int, parse_seed
-from .strategy_inputs import as_array, check_float, common, feature_matrix, like_input
+from ..core.checks import parse_int, parse_seed
+from .strategy_inputs import as_array, check_float, common, feature_matrix, gathered_shard_input, like_input
 from .distributed import ShardInput, select_on_root
 
 __all__ = ["typiclust", "typicality", "kmeans_labels", "DEFAULT_NEIGHBOURS", "MIN_CLUSTER_SIZE"]
@@ -144,20 +144,8 @@ def _select(x: np.ndarray, labelled: np.ndarray, k: int, *, seed: int, neighbour
 def _shard_input(features: Any, k: Any, labeled: Any, seed: Any, neighbours: Any, max_clusters: Any,
                  min_cluster_size: Any, device: Any, threads: Any, progress: Any) -> ShardInput:
     """This rank's checked arguments and float32 rows; rank 0 selects under its own thread limits."""
-    features = as_array(features, "features")
-    n, _ = check_float(features, "features", 2, "N rows x d features")
-    count = parse_count(k)
-    call = common(features, n, 0, labeled, "labeled", device=device, threads=threads, progress=progress,
-                  of="features")
-    options = _options(seed, neighbours, max_clusters, min_cluster_size)
-    blocked = np.zeros(n, dtype=bool)
-    blocked[call.rows] = True
-
-    def select(pool: np.ndarray, labelled: np.ndarray, kk: int) -> np.ndarray:
-        with call.limits():
-            return _select(pool, labelled, kk, **options)
-
-    return ShardInput(feature_matrix(features), blocked, dict(options, k=count), select)
+    return gathered_shard_input(features, k, labeled, lambda: _options(seed, neighbours, max_clusters, min_cluster_size),
+                                _select, device=device, threads=threads, progress=progress)
 
 
 def _pick(x: np.ndarray, labels: np.ndarray, labelled: np.ndarray, k: int, neighbours: int,
