@@ -28,8 +28,6 @@ from asvp_fast.loop import run  # noqa: E402
 from asvp_fast.loop.cases.builtin import synthetic_case  # noqa: E402
 from asvp_fast.loop.engine.config import load_config  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
 # every strategy family the loop shards exactly: uncertainty (margin), k-center (coreset), BADGE;
 # the proxy (SVPp), the target model (standard AL) and ASVP with a forced feature refresh
 # (data-parallel fine-tuning + a sharded re-extraction)
@@ -67,12 +65,13 @@ def _config(path: Path, *, oracle: str = "simulated", methods: str = ALL_METHODS
 def _torchrun(ranks: int, config: Path, out: Path, *extra: str, env: "dict | None" = None,
               launcher: "tuple[str, ...]" = ()) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node RANKS -m asvp_fast run CONFIG -o OUT`` (one
-    thread per rank, as torchrun sets by default; a 120 s group timeout)."""
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                   "ASVP_DIST_TIMEOUT_S": "120", "OMP_NUM_THREADS": "1", **(env or {})}
+    thread per rank, as torchrun sets by default; a 120 s group timeout). It runs in the config's
+    folder, so the installed asvp_fast is imported (``-m`` would put a checkout in the working
+    directory first), through whatever PYTHONPATH the tests run with."""
+    environment = {**os.environ, "ASVP_DIST_TIMEOUT_S": "120", "OMP_NUM_THREADS": "1", **(env or {})}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", *launcher,
                "-m", "asvp_fast", "run", str(config), "-o", str(out), "--no-progress", *extra]
-    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600, cwd=config.parent)
 
 
 def _outcome(state_path: Path):
@@ -146,7 +145,8 @@ def test_a_failing_rank_stops_every_rank_with_a_clear_error(tmp_path):
     """Rank 1 fails inside its proxy training (an unreadable feature row, simulated); rank 0
     must not hang in the next collective but stop with an error naming the stage."""
     config = _config(tmp_path / "run.toml", methods='["svpp"]')
-    hook = tmp_path / "sitecustomize.py"
+    (tmp_path / "hook").mkdir()
+    hook = tmp_path / "hook" / "sitecustomize.py"
     hook.write_text(
         "import os\n"
         "if os.environ.get('RANK') == '1':\n"
@@ -158,7 +158,8 @@ def test_a_failing_rank_stops_every_rank_with_a_clear_error(tmp_path):
         "    selectors.train_proxy = broken\n")
     # torchrun checks its workers every 10 s here, so it does not stop rank 0 before rank 0 has
     # met the failure itself (it would, within its default 0.1 s, once rank 1 exits)
-    done = _torchrun(2, config, tmp_path / "out", env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+    paths = [str(tmp_path / "hook")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    done = _torchrun(2, config, tmp_path / "out", env={"PYTHONPATH": os.pathsep.join(paths),
                                                        "ASVP_DIST_TIMEOUT_S": "60"}, launcher=("--monitor-interval=10",))
     assert done.returncode != 0
     assert "simulated: a feature shard cannot be read on rank 1" in done.stderr
@@ -227,8 +228,7 @@ def test_two_gpus_run_the_loop_with_nccl(tmp_path):
     config = _config(tmp_path / "gpu.toml", methods='["svpp", { method = "svpp", name = "svpp-badge", strategy = "badge" }]')
     config.write_text(config.read_text() + '[distributed]\nproxy = "replicated"\ntarget = "replicated"\n')
     one = subprocess.run([sys.executable, "-m", "asvp_fast", "run", str(config), "-o", str(tmp_path / "one"),
-                          "--no-progress"], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                         timeout=600)
+                          "--no-progress"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-4000:]
     two = _torchrun(2, config, tmp_path / "two")
     assert two.returncode == 0, two.stderr[-4000:]
