@@ -220,8 +220,8 @@ target = "replicated"
 
 @pytest.mark.cuda
 def test_two_gpus_run_the_loop_with_nccl(tmp_path):
-    """The NCCL path: ``torchrun`` on 2 GPUs (each rank on its LOCAL_RANK's device, NCCL picked
-    because CUDA is available) buys the rows a 1-GPU run buys, with replicated training (bit for
+    """The NCCL path: ``torchrun`` on 2 GPUs (each rank on its LOCAL_RANK's device, NCCL beside
+    gloo picked because CUDA is available) buys the rows a 1-GPU run buys, with replicated training (bit for
     bit one process's model, so only the sharded selection differs from the 1-GPU run)."""
     if torch.cuda.device_count() < 2:
         pytest.skip("needs at least 2 CUDA devices")

@@ -156,9 +156,10 @@ def process_group_from_env(*, backend: Optional[str] = None) -> Iterator[Any]:
     """For the command line: the default process group when launched by ``torchrun`` with more
     than one process (None otherwise), destroyed on exit.
 
-    ``backend``: None picks NCCL when CUDA is available, else gloo. With CUDA, each process uses
-    the GPU of its ``LOCAL_RANK`` (this is the process's own entry point, where choosing the device
-    belongs; library functions never change it).
+    ``backend``: None picks ``"cpu:gloo,cuda:nccl"`` when CUDA is available (NCCL for the models'
+    and shards' CUDA tensors, gloo for host values, so a config that keeps some work on the CPU
+    still runs), else gloo. With CUDA, each process uses the GPU of its ``LOCAL_RANK`` (this is the
+    process's own entry point, where choosing the device belongs; library functions never change it).
     """
     if launched_world_size() == 1:
         yield None
@@ -173,7 +174,7 @@ def process_group_from_env(*, backend: Optional[str] = None) -> Iterator[Any]:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     created = not dist.is_initialized()
     if created:
-        dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"), timeout=timeout_from_env())
+        dist.init_process_group(backend or ("cpu:gloo,cuda:nccl" if use_cuda else "gloo"), timeout=timeout_from_env())
     try:
         yield dist.group.WORLD
         barrier(dist.group.WORLD, "finishing the run")  # every rank leaves together, none mid-collective
