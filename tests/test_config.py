@@ -161,8 +161,11 @@ def test_a_valid_base_config_runs_so_the_mistakes_above_are_the_only_cause(tmp_p
 
 # -- [data]: the registered case's fields ------------------------------------------------------------
 def test_data_is_checked_against_the_cases_fields(tmp_path):
-    with pytest.raises(ConfigError, match="missing table \\[data\\]"):
-        parse_config({})
+    # no [data] table: the case comes in code (run(..., case=)); naming none there is the error
+    assert parse_config({}).data.case == ""
+    with pytest.raises(ConfigError, match="no \\[data\\] table: name the data there"):
+        run(parse_config({"methods": ["random"]}), tmp_path / "no-data", echo=lambda *a, **k: None)
+    assert not (tmp_path / "no-data").exists()
     with pytest.raises(ConfigError, match="data.case is required"):
         parse_config({"data": {"pool_size": 3}})
     with pytest.raises(ConfigError, match="data.case: unknown case 'synthetc' \\(did you mean 'synthetic'\\?\\)"):

@@ -54,9 +54,15 @@ TOP_LEVEL = ("seed", "methods", "data", "cache", "schedule", "selection", "proxy
 __all__ = ["ConfigError", "RunConfig", "DataConfig", "check_budget", "load_config", "parse_config", "parse_toml"]
 
 
+# data.case of a config without a [data] table: the run's case is passed in code
+# (run(config, run_dir, case=...)); the command line refuses it
+CASE_IN_CODE = ""
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """``[data]``: the registered case and its fields (an instance of ``CASES[case].fields``)."""
+    """``[data]``: the registered case and its fields (an instance of ``CASES[case].fields``);
+    ``case == ""`` (:data:`CASE_IN_CODE`) when the config has no ``[data]`` table."""
 
     case: str
     fields: Any = None  # None: the case's defaults
@@ -375,8 +381,8 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: str = ".", source: Optiona
 
 
 def _data(raw: Any, base_dir: str) -> DataConfig:
-    if raw is None:
-        raise Problems(["missing table [data] (at least data.case)"])
+    if raw is None:  # the data come from code: run(config, run_dir, case=...)
+        return DataConfig(CASE_IN_CODE)
     if not isinstance(raw, Mapping):
         raise Problems([f"[data] must be a table, got {show(raw)}"])
     case = raw.get("case")

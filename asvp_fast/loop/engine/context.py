@@ -25,7 +25,7 @@ from ..storage.cache import FeatureCache
 from ..storage.manifest import weights_digest
 from ..storage.sharded_cache import ShardedFeatureCache, shard_bounds
 from ..storage.teachers import ConcatenatedFeatures, MultiModelCache
-from .config import RunConfig
+from .config import CASE_IN_CODE, ConfigError, RunConfig
 from .distributed import barrier, from_root, stage
 from .state import RunState
 
@@ -33,6 +33,9 @@ from .state import RunState
 def build_case(cfg: RunConfig) -> Case:
     """The data case a config names (cheap: lists files / reads the shipped subsets); its fields
     were checked against the case's fields dataclass when the config was read."""
+    if cfg.data.case == CASE_IN_CODE:
+        raise ConfigError("the config has no [data] table: name the data there (data.case = ...), or pass "
+                          "your own case in code: run(config, run_dir, case=...)")
     kind = case_type(cfg.data.case)
     fields = cfg.data.fields if cfg.data.fields is not None else kind.fields()
     return kind.build(fields, Path(cfg.base_dir))

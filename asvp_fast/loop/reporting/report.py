@@ -100,7 +100,7 @@ def compute_seconds(kind: str, rounds: List[Any], state: RunState) -> float:
 
 
 def markdown(summaries: List[MethodSummary], config: RunConfig, state: RunState) -> str:
-    lines = [f"# Active-learning run: {config.data.case}, strategy {config.selection.strategy}", ""]
+    lines = [f"# Active-learning run: {config.data.case or 'your data'}, strategy {config.selection.strategy}", ""]
     lines += ["Accuracy on the held-out set per round (equivalent random labels, sample saving ratio).", ""]
     names = [s.name for s in summaries]
     random_acc = next((s.accuracy for s in summaries if s.name == "random"), [])
