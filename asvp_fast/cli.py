@@ -135,7 +135,8 @@ def _run_loop(get_config: "object", output: "object", *, resume: bool, progress:
         print(f"asvp-fast: the active-learning loop needs PyTorch and the demo models: pip install 'asvp-fast[demo]' ({exc})",
               file=sys.stderr)
         return 2
-    from .loop.engine.distributed import is_root, process_group_from_env
+    from .loop.engine.distributed import process_group_from_env
+    from .loop.models.ranks import is_root
 
     out = Path(str(output))
     start = time.perf_counter()

@@ -38,7 +38,8 @@ def _one_process():
 
 
 def _ranks(group):
-    from asvp_fast.loop.models.data_parallel import data_parallel, rank_part
+    from asvp_fast.loop.models.data_parallel import data_parallel
+    from asvp_fast.loop.models.ranks import rank_part
 
     world = dist.get_world_size(group)
     model = _net(1)
@@ -77,7 +78,8 @@ class _WithUnused(nn.Module):
 
 
 def _unused_parameters(group):
-    from asvp_fast.loop.models.data_parallel import data_parallel, rank_part
+    from asvp_fast.loop.models.data_parallel import data_parallel
+    from asvp_fast.loop.models.ranks import rank_part
 
     model = _WithUnused()
     before = model.unused.weight.detach().clone()

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from .cases.case import Case
 from .engine.config import RunConfig
-from .engine.distributed import from_root, is_root
+from .models.ranks import from_root, is_root
 from .engine.runner import execute
 from .engine.state import RunState
 from .reporting.report import write_report

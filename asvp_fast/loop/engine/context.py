@@ -20,13 +20,12 @@ from ..models.backbones.base import Backbone
 from ..models.classifier import Classifier, accuracy, predict
 from ..models.trainers import needs_teachers, train_classifier
 from ..selection.strategies import EMBEDDING_STRATEGIES
-from ..models.data_parallel import rank_and_world, shard_range
+from ..models.ranks import barrier, from_root, rank_and_world, shard_range, stage
 from ..storage.cache import FeatureCache
 from ..storage.manifest import weights_digest
 from ..storage.sharded_cache import ShardedFeatureCache, shard_bounds
 from ..storage.teachers import ConcatenatedFeatures, MultiModelCache
 from .config import CASE_IN_CODE, ConfigError, RunConfig
-from .distributed import barrier, from_root, stage
 from .state import RunState
 
 

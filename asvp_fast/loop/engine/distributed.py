@@ -19,8 +19,10 @@ holds nothing about the number of ranks, so a run resumes with any number of the
 
 A rank that fails raises its own error; the others' next collective then fails (gloo reports the
 closed connection at once; otherwise the group's timeout, ``ASVP_DIST_TIMEOUT_S``, default 1800 s,
-ends the wait) and is re-raised as :class:`DistributedRunError` naming the stage. ``torchrun``
-itself also stops the remaining ranks when one exits with an error.
+ends the wait) and is re-raised as :class:`~..models.ranks.DistributedRunError` naming the stage.
+``torchrun`` itself also stops the remaining ranks when one exits with an error. Rank 0's duties
+and the failure reports are in :mod:`..models.ranks` (every layer of the loop uses them); this
+module makes the process group.
 """
 
 from __future__ import annotations
@@ -28,106 +30,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from typing import Any, Callable, Iterator, List, Optional, TypeVar
+from typing import Any, Iterator, Optional
 
-from ..models.data_parallel import rank_and_world
-
-T = TypeVar("T")
+from ..models.ranks import barrier
 
 TIMEOUT_ENV = "ASVP_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 1800.0
-
-
-class DistributedRunError(RuntimeError):
-    """A collective of the distributed loop failed: another rank failed, left or timed out."""
-
-
-def is_root(group: Any) -> bool:
-    """Rank 0 (or a single process): the rank that talks to the oracle and writes the state."""
-    return rank_and_world(group)[0] == 0
-
-
-@contextlib.contextmanager
-def stage(group: Any, what: str) -> Iterator[None]:
-    """Collectives inside report a failed peer as :class:`DistributedRunError` naming ``what``."""
-    if group is None:
-        yield
-        return
-    try:
-        yield
-    except DistributedRunError:
-        raise
-    except RuntimeError as exc:
-        if not _is_collective_failure(exc):
-            raise
-        rank, world = rank_and_world(group)
-        raise DistributedRunError(f"rank {rank} of {world}: {what} stopped because another rank failed, left or "
-                                  f"timed out (see that rank's error; {exc})") from exc
-
-
-def _is_collective_failure(exc: BaseException) -> bool:
-    """Whether a RuntimeError came from torch.distributed (a peer closed its connection, a
-    timeout) or from our own sharded selection's wrapper, rather than from the computation."""
-    import torch.distributed as dist
-
-    backend_error = getattr(dist, "DistBackendError", None)
-    if backend_error is not None and isinstance(exc, backend_error):
-        return True
-    text = str(exc)
-    return any(s in text for s in ("Connection closed by peer", "Connection reset", "Timed out", "timed out",
-                                   "collective failed", "NCCL", "Gloo", "gloo", "Broken pipe"))
-
-
-def barrier(group: Any, what: str) -> None:
-    """Wait for every rank (no-op without a group)."""
-    if group is None:
-        return
-    import torch.distributed as dist
-
-    with stage(group, what):
-        dist.barrier(group=group)
-
-
-def from_root(group: Any, what: str, compute: Callable[[], T]) -> T:
-    """``compute()`` on rank 0 only, its result on every rank. If it raises on rank 0, every rank
-    raises that exception (re-created from its type and message), so no rank is left waiting."""
-    if group is None:
-        return compute()
-    import torch.distributed as dist
-
-    box: List[Any] = [None]
-    failure: Optional[BaseException] = None
-    if is_root(group):
-        try:
-            box[0] = ("ok", compute())
-        except Exception as exc:  # shipped to every rank, then raised everywhere below
-            failure = exc
-            box[0] = ("error", _portable(exc))
-    with stage(group, what):
-        dist.broadcast_object_list(box, src=_root_rank(group), group=group)
-    kind, value = box[0]
-    if kind == "error":
-        raise failure if failure is not None else value
-    return value  # type: ignore[no-any-return]
-
-
-def _root_rank(group: Any) -> int:
-    """The global rank of the group's rank 0 (broadcast takes global ranks)."""
-    import torch.distributed as dist
-
-    return int(dist.get_global_rank(group, 0))
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """``exc`` if it survives pickling (the other ranks raise a copy of it), else a
-    :class:`DistributedRunError` carrying its type and message."""
-    import pickle
-
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return DistributedRunError(f"rank 0 failed: {type(exc).__name__}: {exc}")
 
 
 def timeout_from_env() -> datetime.timedelta:

@@ -32,7 +32,7 @@ from ..storage.files import atomic_write_text
 from .config import ConfigError, RunConfig, check_budget
 from ..cases.case import Case
 from .context import RunContext, build_case
-from .distributed import from_root, is_root, stage
+from ..models.ranks import from_root, is_root, stage
 from .oracle import FileOracle, OracleError, SimulatedOracle
 from .labelstudio import LabelStudioOracle
 from .state import RoundRecord, RunState, StateError, config_differences

@@ -8,7 +8,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from ...acquisition.activeft import activeft_select
-from ..models.data_parallel import shard_range
+from ..models.ranks import shard_range
 from .base import Method, derive_seed
 
 

@@ -3,11 +3,8 @@
 The loop under ``torchrun`` passes one process group (``group=``, None for a single process)
 down to the trainers, the selectors and the caches. This module holds what they share:
 
-* where this rank stands (:func:`rank_and_world`) and which rows it owns
-  (:func:`shard_range`: consecutive ranges in rank order, the layout of every ``group=``
-  selection function and of the sharded feature caches);
-* :func:`rank_part`: this rank's part of a global mini-batch. Every rank draws the same global
-  batches from the same seeded generator, as one process would, and trains on its part;
+* each rank's part of a global mini-batch (:func:`.ranks.rank_part`): every rank draws the same
+  global batches from the same seeded generator, as one process would, and trains on its part;
 * :class:`GroupBatchNorm` and :func:`data_parallel`: the model wrapped in
   ``DistributedDataParallel`` with its BatchNorm layers normalising over the *global* batch
   (statistics all-reduced, differentiably), so a step on W ranks is the step one process takes
@@ -25,35 +22,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator, List, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["GroupBatchNorm", "data_parallel", "global_rows_and_finite", "rank_and_world", "rank_part", "shard_range"]
-
-
-def rank_and_world(group: Any) -> Tuple[int, int]:
-    """(this process's rank in ``group``, the group's size); (0, 1) without a group."""
-    if group is None:
-        return 0, 1
-    import torch.distributed as dist
-
-    return dist.get_rank(group), dist.get_world_size(group)
-
-
-def shard_range(n: int, group: Any) -> Tuple[int, int]:
-    """The rows [lo, hi) of an ``n``-row pool this rank owns: consecutive, in rank order, sizes
-    differing by at most one (the layout of the ``group=`` selection functions)."""
-    rank, world = rank_and_world(group)
-    return rank * n // world, (rank + 1) * n // world
-
-
-def rank_part(batch: "torch.Tensor | np.ndarray | List[int]", group: Any) -> Any:
-    """This rank's consecutive part of a global mini-batch (all of it without a group)."""
-    if group is None:
-        return batch
-    lo, hi = shard_range(len(batch), group)
-    return batch[lo:hi]
+__all__ = ["GroupBatchNorm", "data_parallel", "global_rows_and_finite", "sum_over_ranks"]
 
 
 def global_rows_and_finite(local_rows: int, local_loss: torch.Tensor, group: Any, device: torch.device) -> Tuple[int, bool]:

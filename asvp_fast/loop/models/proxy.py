@@ -19,7 +19,8 @@ from ...core.arrays import chunked_rows
 from ...core.devices import torch_device
 from ...core.progress import task_bar
 from .mc_dropout import block_generator, keep_masks, mask_blocks
-from .data_parallel import data_parallel, rank_and_world, rank_part
+from .data_parallel import data_parallel
+from .ranks import rank_and_world, rank_part
 from .seeding import seeded_torch
 
 

@@ -30,7 +30,8 @@ from ...core.devices import torch_device
 from ...core.progress import task_bar
 from .backbones.base import Backbone
 from .classifier import Classifier
-from .data_parallel import data_parallel, global_rows_and_finite, rank_and_world, rank_part
+from .data_parallel import data_parallel, global_rows_and_finite
+from .ranks import rank_and_world, rank_part
 from .seeding import seeded_torch
 
 

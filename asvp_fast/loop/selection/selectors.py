@@ -21,7 +21,7 @@ import numpy as np
 
 from ..models.classifier import Classifier, head_logits, head_mc_logits
 from ..models.proxy import MLPProxy, ProxyConfig, proxy_mc_logits, proxy_outputs, train_proxy
-from ..models.data_parallel import rank_and_world, shard_range
+from ..models.ranks import rank_and_world, shard_range
 from .view import SelectorView
 
 # Hidden embeddings larger than this go to a memmap in the run directory instead of memory.

@@ -22,7 +22,7 @@ from ...acquisition.probcover import probcover
 from ...acquisition.typiclust import typiclust
 from ...acquisition.diversity import badge, kcenter_greedy
 from ...acquisition.uncertainty import select_uncertain
-from ..models.data_parallel import rank_and_world
+from ..models.ranks import rank_and_world
 from .view import SelectorView
 
 

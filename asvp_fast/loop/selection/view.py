@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..models.data_parallel import shard_range
+from ..models.ranks import shard_range
 
 
 @dataclass
