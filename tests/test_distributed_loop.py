@@ -171,12 +171,13 @@ def test_a_failing_rank_stops_every_rank_with_a_clear_error(tmp_path):
     assert [r["stage"] for r in state["methods"]["svpp"]] == ["done"]
 
 
-def test_methods_that_do_not_shard_are_refused_before_any_work(tmp_path):
-    config = _config(tmp_path / "run.toml", methods='["prunefuse"]')
+def test_trainers_that_do_not_train_data_parallel_are_refused_before_any_work(tmp_path):
+    config = _config(tmp_path / "run.toml", methods='[{ method = "svpp", name = "svpp-kd", training = "kd" }]')
+    config.write_text(config.read_text().replace("[training]\n", '[training]\nteachers = ["all-MiniLM-L6-v2"]\n'))
     done = _torchrun(2, config, tmp_path / "out")
     assert done.returncode != 0  # torchrun's own code for a failed worker (the workers exit with 2)
     assert "exitcode  : 2" in done.stderr
-    assert "does not run under torchrun" in done.stderr and "'svpp'" in done.stderr
+    assert "trains with 'kd', which does not train data-parallel yet" in done.stderr and "'ft'" in done.stderr
     assert not (tmp_path / "out" / "state.json").exists()
 
 
@@ -233,3 +234,49 @@ def test_two_gpus_run_the_loop_with_nccl(tmp_path):
     two = _torchrun(2, config, tmp_path / "two")
     assert two.returncode == 0, two.stderr[-4000:]
     assert _outcome(tmp_path / "two" / "state.json") == _outcome(tmp_path / "one" / "state.json")
+
+
+PRUNEFUSE = """seed = 1
+methods = [{ method = "prunefuse", name = "pf", strategy = "coreset", ratio = 0.5 },
+           { method = "prunefuse", name = "pf-v2", version = 2, tsync = 1, strategy = "margin" },
+           { method = "svp-net", name = "svp", depth = 8, width = 2 }, "standard-continued"]
+[data]
+case = "fashion-mnist-scratch"
+pool_size = 160
+test_size = 60
+depth = 8
+width = 4
+[schedule]
+initial = 16
+steps = [{ until = 48, step = 16 }]
+[selection]
+strategy = "least_confidence"
+[training]
+epochs = 1
+batch_size = 16
+head_lr = 0.05
+backbone_lr = 0.05
+[distributed]
+proxy = "replicated"
+target = "replicated"
+"""
+
+
+def test_prunefuse_and_svp_net_run_on_two_ranks_as_on_one(tmp_path):
+    """PruneFuse V1 and V2 (a pruned selector trained, saved by rank 0, fused back), SVP with a
+    small network and the continued-training baseline under torchrun: with replicated training
+    every round equals the 1-process run; every saved network is written once."""
+    config = tmp_path / "pf.toml"
+    config.write_text(PRUNEFUSE)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(load_config(config), tmp_path / "one", echo=lambda *a, **k: None, report=False)
+    finally:
+        torch.set_num_threads(before)
+    done = _torchrun(2, config, tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert _outcome(tmp_path / "two" / "state.json") == _outcome(tmp_path / "one" / "state.json")
+    saved = sorted(p.name for p in (tmp_path / "two" / "work" / "prunefuse-pf-v2").iterdir())
+    assert saved == sorted(p.name for p in (tmp_path / "one" / "work" / "prunefuse-pf-v2").iterdir())
+    assert not any(name.endswith(".tmp") for name in saved)

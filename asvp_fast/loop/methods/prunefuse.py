@@ -56,6 +56,7 @@ from ..models.backbones.resnet_cifar import DEPTHS, ResNetCIFAR
 from ..models import prunable  # noqa: F401  (traceable forwards of the pre-trained backbones)
 from ..models.classifier import Classifier
 from ..models.netfit import fit, outputs, recalibrate_batchnorm
+from ..models.ranks import barrier, from_root, is_root
 from ..models.seeding import seeded_torch
 from ..models.trainers import Trainer, TrainJob, register_trainer
 from ..selection.pruned import NetworkSelector
@@ -114,6 +115,14 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_on_root(group: Any, obj: Any, path: Path) -> None:
+    """``obj`` saved atomically by rank 0 (every rank holds the same weights); the others wait until
+    it is on disk, so any rank may read it next."""
+    if is_root(group):
+        atomic_torch_save(obj, path)
+    barrier(group, f"saving {path.name}")
+
+
 def bound(ref: "weakref.ReferenceType[Any]", name: str) -> Any:
     """The method a per-run trainer belongs to (the trainer is registered as ``name``)."""
     method = ref()
@@ -128,9 +137,12 @@ def example_batch(ctx: MethodContext) -> Any:
 
 
 class PruneFuseMethod(Method):
-    """A pruned copy of the target network selects; its trained weights initialise the target model."""
+    """A pruned copy of the target network selects; its trained weights initialise the target model.
+    Under torchrun the selector and the fused network train data-parallel, each rank scores its
+    shard, and rank 0 alone writes the saved networks (the others read them)."""
 
     Options: Any = PruneFuseOptions
+    distributed = True
 
     def __init__(self, spec: MethodSpec, ctx: MethodContext) -> None:
         super().__init__(spec, ctx)
@@ -185,7 +197,8 @@ class PruneFuseMethod(Method):
             small.backbone.feature_dim = small.head.in_features
             small.backbone.backbone_id = f"{dense.backbone.backbone_id}-pruned{self.options.ratio:g}-r{s}"
             self.recalibrate(small)
-            imap.save(self.dir / (f"index-map-r{s:03d}.json" if s >= 0 else "index-map-init.json"))
+            if is_root(self.ctx.group):
+                imap.save(self.dir / (f"index-map-r{s:03d}.json" if s >= 0 else "index-map-init.json"))
             self.bases[s] = Base(s, dense, small.eval(), imap)
         return self.bases[s]
 
@@ -200,7 +213,7 @@ class PruneFuseMethod(Method):
 
     def on_trained(self, round_: int, model: Classifier) -> None:
         if self.options.version == 2 and round_ % self.options.tsync == 0:
-            atomic_torch_save(model.state_dict(), self.dir / f"sync-r{round_:03d}.pt")
+            save_on_root(self.ctx.group, model.state_dict(), self.dir / f"sync-r{round_:03d}.pt")
             self.bases.pop(round_, None)
 
     # -- selectors trained on a labelled set (cached in memory and on disk) ---------------------
@@ -212,7 +225,8 @@ class PruneFuseMethod(Method):
             model, seconds = self.selectors[digest]
             return model, seconds, False
         path = self.dir / f"selector-{digest}.pt"
-        if path.exists():
+        group = self.ctx.group  # every rank must take the same branch: rank 0's view of the file decides
+        if from_root(group, "looking for a saved PruneFuse selector", path.exists):
             saved = torch.load(path, map_location="cpu", weights_only=True)
             model = copy.deepcopy(base.selector_init)
             model.load_state_dict(saved["state"])
@@ -220,12 +234,13 @@ class PruneFuseMethod(Method):
             seconds, fresh = float(saved["train_s"]), False
         else:
             selector = NetworkSelector(base.selector_init, self.ctx.case.pool, self.ctx.case.collate,
-                                       self.ctx.config.training, epochs=self.options.selector_epochs)
+                                       self.ctx.config.training, epochs=self.options.selector_epochs, group=group,
+                                       data_parallel=self.ctx.config.distributed.target == "ddp")
             seed = derive_seed(self.ctx.config.seed, "prunefuse-selector", base.round, len(rows))
             seconds = selector.train(rows, self.ctx.state.labels_of(rows), seed=seed)
             assert selector.trained is not None
             model, fresh = self.recalibrate(selector.trained), True
-            atomic_torch_save({"state": model.state_dict(), "train_s": seconds, "n": int(len(rows))}, path)
+            save_on_root(group, {"state": model.state_dict(), "train_s": seconds, "n": int(len(rows))}, path)
         model.eval()
         self.selectors = {digest: (model, seconds)}  # one at a time: V1 reuses it for the next selection
         return model, seconds, fresh
@@ -241,7 +256,7 @@ class PruneFuseMethod(Method):
         base = self.base_at(self.sync_round(round_))
         model, seconds, fresh = self.trained_selector(labelled, base)
         selector = NetworkSelector(base.selector_init, ctx.case.pool, ctx.case.collate, ctx.config.training,
-                                   trained=model, features=ctx.pool_features_or_none)
+                                   trained=model, features=ctx.pool_features_or_none, group=ctx.group)
         view, timing = selector.view(labelled, ctx.state.labels_of(labelled), seed=self.strategy_seed(round_))
         space = ctx.config.selection.space if ctx.pool_features_or_none is not None else "embedding"
         rows = select(self.strategy, view, labelled, k, seed=self.strategy_seed(round_), space=space)
@@ -257,6 +272,8 @@ class FusedTrainer(Trainer):
     """The target model of a PruneFuse round: fuse the trained selector into the base, then train
     with cross-entropy (+ distillation from the selector's logits)."""
 
+    data_parallel = True
+
     def __init__(self, method: PruneFuseMethod) -> None:
         self.method = method
 
@@ -271,7 +288,7 @@ class FusedTrainer(Trainer):
             m.recalibrate(fuse(dense, selector, base.index_map))
         teacher = outputs(selector, job.pool, job.collate, job.config, rows=job.rows)[0] if opts.kd else None
         fit(dense, job.pool, job.collate, job.rows, job.labels, job.config, seed=job.seed, teacher=teacher,
-            kd_weight=opts.kd_weight, kd_temperature=opts.kd_temperature)
+            kd_weight=opts.kd_weight, kd_temperature=opts.kd_temperature, group=job.group)
         m.recalibrate(dense)
         if rounds:
             rounds[-1].info.update(fusion_selector_train_s=round(seconds, 3) if fresh else 0.0,
@@ -296,6 +313,7 @@ class SVPNetMethod(Method):
     """SVP: a smaller CIFAR-style ResNet, trained from its random init each round, selects."""
 
     Options: Any = SVPNetOptions
+    distributed = True
 
     def proxy_init(self) -> Classifier:
         target = self.ctx.fresh_backbone()  # type: ignore[attr-defined]
@@ -311,7 +329,8 @@ class SVPNetMethod(Method):
         ctx = self.ctx
         init = self.proxy_init()
         selector = NetworkSelector(init, ctx.case.pool, ctx.case.collate, ctx.config.training,
-                                   epochs=self.options.selector_epochs, features=ctx.pool_features_or_none)
+                                   epochs=self.options.selector_epochs, features=ctx.pool_features_or_none,
+                                   group=ctx.group, data_parallel=ctx.config.distributed.proxy == "ddp")
         view, info = selector.view(labelled, ctx.state.labels_of(labelled),
                                    seed=derive_seed(ctx.config.seed, "svp-net", len(labelled)))
         space = ctx.config.selection.space if ctx.pool_features_or_none is not None else "embedding"
@@ -343,11 +362,13 @@ class ContinuedStandardMethod(StandardMethod):
         return path / f"model-r{r:03d}.pt"
 
     def on_trained(self, round_: int, model: Classifier) -> None:
-        atomic_torch_save(model.state_dict(), self.checkpoint(round_))
+        save_on_root(self.ctx.group, model.state_dict(), self.checkpoint(round_))
         super().on_trained(round_, model)
 
 
 class ContinuedTrainer(Trainer):
+    data_parallel = True
+
     def __init__(self, method: ContinuedStandardMethod) -> None:
         self.method = method
 
@@ -358,7 +379,7 @@ class ContinuedTrainer(Trainer):
             model = Classifier(job.make_backbone(), job.num_classes)
         if previous >= 0:
             model.load_state_dict(torch.load(m.checkpoint(previous), map_location="cpu", weights_only=True))
-        return fit(model, job.pool, job.collate, job.rows, job.labels, job.config, seed=job.seed)
+        return fit(model, job.pool, job.collate, job.rows, job.labels, job.config, seed=job.seed, group=job.group)
 
 
 __all__ = ["Base", "ContinuedStandardMethod", "FusedTrainer", "PruneFuseMethod", "PruneFuseOptions", "SVPNetMethod", "SVPNetOptions"]

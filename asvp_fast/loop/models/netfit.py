@@ -21,19 +21,26 @@ from ...core.devices import torch_device
 from ...prunefuse import kd_loss
 from .classifier import Classifier
 from .seeding import seeded_torch
-from .trainers import CollateWithPositions, NoSingletonBatches, PositionedRows, TrainConfig, TrainingDiverged
+from .data_parallel import data_parallel, global_rows_and_finite
+from .ranks import rank_and_world
+from .trainers import CollateWithPositions, NoSingletonBatches, PositionedRows, RankParts, TrainConfig, TrainingDiverged
 
 
 def fit(model: Classifier, pool: Any, collate: Any, rows: np.ndarray, labels: np.ndarray, config: TrainConfig, *,
         seed: int, epochs: Optional[int] = None, teacher: Optional[np.ndarray] = None, kd_weight: float = 0.5,
-        kd_temperature: float = 4.0) -> Classifier:
+        kd_temperature: float = 4.0, group: Any = None) -> Classifier:
     """Train ``model`` (in place) on ``rows`` of ``pool``; deterministic for ``seed`` on CPU.
 
-    ``epochs``: None for ``config.epochs``; ``teacher``: (len(rows), C) logits to distil from.
+    ``epochs``: None for ``config.epochs``; ``teacher``: (len(rows), C) logits to distil from;
+    ``group``: train data-parallel over its ranks (every rank passes the same arguments and gets
+    the same model; see :mod:`.data_parallel`).
     """
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size == 0:
         raise ValueError("cannot train on an empty labelled set")
+    world = rank_and_world(group)[1]
+    if rows.size < world:
+        raise ValueError(f"data-parallel training on {world} ranks needs at least {world} labelled rows, got {rows.size}")
     epochs = config.epochs if epochs is None else int(epochs)
     dev = torch_device(config.device)
     model.to(dev)
@@ -52,26 +59,43 @@ def fit(model: Classifier, pool: Any, collate: Any, rows: np.ndarray, labels: np
         opt = torch.optim.SGD(groups, lr=config.head_lr, momentum=config.momentum, weight_decay=config.weight_decay)
         gen = torch.Generator().manual_seed(int(seed) + 2)
         data = PositionedRows(pool, rows, np.asarray(labels, dtype=np.int64))
-        loader = DataLoader(data, batch_sampler=NoSingletonBatches(RandomSampler(data, generator=gen), config.batch_size),
-                            collate_fn=CollateWithPositions(collate), num_workers=config.num_workers)
+        # data-parallel: every rank draws the same global batches (each holding a row per rank)
+        batches: Any = NoSingletonBatches(RandomSampler(data, generator=gen), config.batch_size, min_last=world)
+        if group is not None:
+            batches = RankParts(batches, group)
+        loader = DataLoader(data, batch_sampler=batches, collate_fn=CollateWithPositions(collate),
+                            num_workers=config.num_workers)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(loader)))
         model.train()
-        for epoch in range(epochs):
-            for batch, y, pos in loader:
-                logits = model(model.backbone.to_device(batch, dev))
-                y = y.to(dev)
-                if teacher_t is not None:
-                    loss = kd_loss(logits, teacher_t[pos.to(dev)], y, weight=kd_weight, temperature=kd_temperature)
-                else:
-                    loss = nn.functional.cross_entropy(logits, y)
-                if not bool(torch.isfinite(loss)):
-                    raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss is {float(loss)}; lower "
-                                           "training.head_lr / training.backbone_lr in the [training] config")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+        with data_parallel(model, group, dev) as net:
+            for epoch in range(epochs):
+                for batch, y, pos in loader:
+                    loss = _batch_loss(net(model.backbone.to_device(batch, dev)), y.to(dev), pos, teacher_t,
+                                       kd_weight, kd_temperature, group)
+                    if not bool(torch.isfinite(loss)):
+                        raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss is {float(loss)}; lower "
+                                               "training.head_lr / training.backbone_lr in the [training] config")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
     return model.eval()
+
+
+def _batch_loss(logits: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, teacher: Optional[torch.Tensor],
+                kd_weight: float, kd_temperature: float, group: Any) -> torch.Tensor:
+    """The batch's loss (cross-entropy, or distillation from ``teacher``'s logits at ``pos``): its
+    mean; data-parallel, this rank's sum scaled so that DDP's average over ranks is the global
+    batch's mean (NaN on every rank when any rank's is not finite, so all stop together)."""
+    if teacher is not None:
+        loss = kd_loss(logits, teacher[pos.to(logits.device)], y, weight=kd_weight, temperature=kd_temperature)
+    else:
+        loss = nn.functional.cross_entropy(logits, y)
+    if group is None:
+        return loss
+    rows, finite = global_rows_and_finite(len(y), loss, group, logits.device)
+    scaled = loss * (len(y) * rank_and_world(group)[1] / rows)
+    return scaled if finite else scaled * float("nan")
 
 
 @torch.inference_mode()

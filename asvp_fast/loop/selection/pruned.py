@@ -19,6 +19,7 @@ import numpy as np
 
 from ..models.classifier import Classifier
 from ..models.netfit import fit, outputs
+from ..models.ranks import shard_range
 from ..models.trainers import TrainConfig
 from .selectors import Selector
 from .view import SelectorView
@@ -29,7 +30,9 @@ class NetworkSelector(Selector):
     """``init``: the network before training (left untouched: each round trains a copy);
     ``trained``: set to skip training (a network already trained on these labels, e.g. loaded
     from the run directory); ``features``: the case's pre-trained features, if any (the
-    ``features`` space of diversity strategies)."""
+    ``features`` space of diversity strategies). ``group``: a distributed run's process group:
+    the network trains data-parallel (``data_parallel=False``: every rank trains it whole) and each
+    rank scores its own shard of the pool (the view holds that shard)."""
 
     init: Classifier
     pool: Any
@@ -38,6 +41,8 @@ class NetworkSelector(Selector):
     epochs: Optional[int] = None
     trained: Optional[Classifier] = None
     features: Optional[np.ndarray] = None
+    group: Any = None
+    data_parallel: bool = True
 
     def train(self, labelled: np.ndarray, labels: np.ndarray, *, seed: int) -> float:
         """Train a copy of ``init`` on the labelled rows (unless already trained); the seconds taken."""
@@ -45,14 +50,18 @@ class NetworkSelector(Selector):
             return 0.0
         start = time.perf_counter()
         self.trained = fit(copy.deepcopy(self.init), self.pool, self.collate, labelled, labels, self.config, seed=seed,
-                           epochs=self.epochs)
+                           epochs=self.epochs, group=self.group if self.data_parallel else None)
         return time.perf_counter() - start
 
     def view(self, labelled: np.ndarray, labels: np.ndarray, *, seed: int) -> Tuple[SelectorView, Dict[str, Any]]:
         train_s = self.train(labelled, labels, seed=seed)
         assert self.trained is not None
         start = time.perf_counter()
-        logits, embedding = outputs(self.trained, self.pool, self.collate, self.config)
+        n = len(self.pool)
+        lo, hi = shard_range(n, self.group)
+        logits, embedding = outputs(self.trained, self.pool, self.collate, self.config,
+                                    rows=None if self.group is None else np.arange(lo, hi))
         infer_s = time.perf_counter() - start
-        view = SelectorView(len(logits), logits=logits, embedding=embedding, features=self.features)
+        view = SelectorView(n, logits=logits, embedding=embedding, group=self.group,
+                            features=None if self.features is None else self.features[lo:hi])
         return view, {"selector_train_s": round(train_s, 3), "selector_infer_s": round(infer_s, 3)}
