@@ -280,3 +280,44 @@ def test_prunefuse_and_svp_net_run_on_two_ranks_as_on_one(tmp_path):
     saved = sorted(p.name for p in (tmp_path / "two" / "work" / "prunefuse-pf-v2").iterdir())
     assert saved == sorted(p.name for p in (tmp_path / "one" / "work" / "prunefuse-pf-v2").iterdir())
     assert not any(name.endswith(".tmp") for name in saved)
+
+
+TEACHER_HOOK = """from asvp_fast.loop.models.backbones import TinyMLPBackbone
+from asvp_fast.loop.models.teachers import register_teacher
+register_teacher("mlp-a", lambda: TinyMLPBackbone(16, 6, seed=11))
+register_teacher("mlp-b", lambda: TinyMLPBackbone(16, 5, seed=12))
+"""
+
+
+def test_aft_and_kd_run_under_torchrun_with_replicated_training(tmp_path):
+    """The AFT and KD trainers train whole on every rank ([distributed] target = "replicated"):
+    rank 0 extracts the teachers' features once, every rank reads them, and the run equals the
+    1-process run; with data-parallel target training they are refused before any work."""
+    from asvp_fast.loop.models.teachers import TEACHERS
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(TEACHER_HOOK)  # the teachers, registered in every rank
+    exec(TEACHER_HOOK, {})  # ... and here, for the 1-process run
+    try:
+        config = _config(tmp_path / "aft.toml", methods='[{ method = "random", training = "aft" }, '
+                                                         '{ method = "svpp", training = "kd" }]')
+        text = config.read_text().replace("[training]\n", '[training]\nteachers = ["mlp-a", "mlp-b"]\nbeta = 2.0\n')
+        config.write_text(text + '[distributed]\ntarget = "replicated"\n')
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            run(load_config(config), tmp_path / "one", echo=lambda *a, **k: None, report=False)
+        finally:
+            torch.set_num_threads(before)
+        paths = [str(hook)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+        done = _torchrun(2, config, tmp_path / "two", env={"PYTHONPATH": os.pathsep.join(paths)})
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert _outcome(tmp_path / "two" / "state.json") == _outcome(tmp_path / "one" / "state.json")
+        assert sorted(p.name for p in (tmp_path / "two" / "cache" / "teachers").iterdir()) == ["mlp-a", "mlp-b"]
+        config.write_text(text)  # data-parallel target training: refused
+        refused = _torchrun(2, config, tmp_path / "three", env={"PYTHONPATH": os.pathsep.join(paths)})
+        assert refused.returncode != 0 and 'set [distributed] target = "replicated"' in refused.stderr
+    finally:
+        TEACHERS.pop("mlp-a", None)
+        TEACHERS.pop("mlp-b", None)

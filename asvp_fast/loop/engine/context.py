@@ -157,10 +157,19 @@ class RunContext:
             c = self.config.cache
             root = Path(self.config.base_dir) / c.teachers_dir if c.teachers_dir else self.run_dir / "cache" / "teachers"
             start = time.perf_counter()
-            self._teachers = MultiModelCache(root).extract(
-                self.config.training.teachers, self.case.pool, self.case.collate, split="pool",
-                dataset_id=self.case.dataset_id, lengths=self.case.pool_lengths, dtype=c.dtype, batch_size=c.batch_size,
-                num_workers=c.num_workers, device=c.device, progress=self.progress)
+
+            def extract() -> ConcatenatedFeatures:
+                return MultiModelCache(root).extract(
+                    self.config.training.teachers, self.case.pool, self.case.collate, split="pool",
+                    dataset_id=self.case.dataset_id, lengths=self.case.pool_lengths, dtype=c.dtype,
+                    batch_size=c.batch_size, num_workers=c.num_workers, device=c.device, progress=self.progress)
+
+            def extract_on_root() -> None:
+                extract()
+
+            if self.group is not None:  # rank 0 extracts the whole pool (not sharded yet); the others then read it
+                from_root(self.group, "extracting the teachers' features", extract_on_root)
+            self._teachers = extract()
             # saved with the next state save (0 when the features were already extracted)
             self.state.stages.setdefault("extract_teachers_s", round(time.perf_counter() - start, 3))
         return self._teachers

@@ -111,7 +111,7 @@ class Runner:
                 raise ConfigError(f"method {spec.name!r} trains with {mode!r}, which needs pre-trained teachers: "
                                   "list them in [training] teachers = [...] (backbone ids)")
             if self.group is not None:
-                check_distributed(spec.name, method_class(spec.method), mode)
+                check_distributed(spec.name, method_class(spec.method), mode, replicated=cfg.distributed.target == "replicated")
         state = from_root(self.group, "opening the run state", lambda: self._open_state(case))
         ctx = RunContext(cfg, case, self.run_dir, state, self.progress, group=self.group)
         self.methods = [make_method(spec, ctx) for spec in cfg.methods]
@@ -278,15 +278,18 @@ class Runner:
         return h.hexdigest()
 
 
-def check_distributed(name: str, method: Any, mode: str) -> None:
-    """ConfigError unless method ``name`` and its trainer ``mode`` run on several processes."""
+def check_distributed(name: str, method: Any, mode: str, *, replicated: bool) -> None:
+    """ConfigError unless method ``name`` and its trainer ``mode`` run on several processes
+    (``replicated``: every rank trains the target model whole, so any trainer does)."""
     if not method.distributed:
         runs = sorted(n for n, cls in METHODS.items() if cls.distributed)
         raise ConfigError(f"method {name!r} does not run under torchrun (several processes) yet; the methods that do: "
                           f"{runs}. Run it on one process.")
-    if not getattr(TRAINERS.get(mode), "data_parallel", False):
+    if not replicated and not getattr(TRAINERS.get(mode), "data_parallel", False):
+        parallel = sorted(n for n, f in TRAINERS.items() if getattr(f, "data_parallel", False))
         raise ConfigError(f"method {name!r} trains with {mode!r}, which does not train data-parallel yet; under "
-                          f"torchrun use one of {sorted(n for n, f in TRAINERS.items() if getattr(f, 'data_parallel', False))}")
+                          f"torchrun set [distributed] target = \"replicated\" (every rank trains the whole model) "
+                          f"or use one of {parallel}")
 
 
 def execute(config: RunConfig, run_dir: "Path | str", *, resume: bool = False, progress: Optional[bool] = None,
