@@ -71,7 +71,12 @@ def _torchrun(ranks: int, config: Path, out: Path, *extra: str, env: "dict | Non
     environment = {**os.environ, "ASVP_DIST_TIMEOUT_S": "120", "OMP_NUM_THREADS": "1", **(env or {})}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", *launcher,
                "-m", "asvp_fast", "run", str(config), "-o", str(out), "--no-progress", *extra]
-    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600, cwd=config.parent)
+    for _attempt in range(3):
+        done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600, cwd=config.parent)
+        # the launcher's free port taken by another process between its choice and its bind: launch again
+        if done.returncode == 0 or "Address already in use" not in done.stderr:
+            return done
+    return done
 
 
 def _outcome(state_path: Path):

@@ -79,15 +79,23 @@ def stage(group: Any, what: str) -> Iterator[None]:
 
 def _is_collective_failure(exc: BaseException) -> bool:
     """Whether a RuntimeError came from torch.distributed (a peer closed its connection, a
-    timeout) or from our own sharded selection's wrapper, rather than from the computation."""
+    timeout) or from our own sharded selection's wrapper, rather than from the computation: its
+    type, or a frame of torch.distributed / DDP in its traceback (the backends' messages vary), or
+    the sharded selection's own wording."""
     import torch.distributed as dist
 
     backend_error = getattr(dist, "DistBackendError", None)
     if backend_error is not None and isinstance(exc, backend_error):
         return True
-    text = str(exc)
-    return any(s in text for s in ("Connection closed by peer", "Connection reset", "Timed out", "timed out",
-                                   "collective failed", "NCCL", "Gloo", "gloo", "Broken pipe"))
+    if "collective failed" in str(exc):  # acquisition.distributed's report of a failed peer
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if "torch/distributed/" in name or name.endswith("torch/nn/parallel/distributed.py"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def barrier(group: Any, what: str) -> None:
