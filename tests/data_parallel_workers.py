@@ -93,12 +93,27 @@ def _unused_parameters(group):
     return torch.equal(model.unused.weight, before)
 
 
+def _gathered_rows(group):
+    """gather_rows on parts of 5 rows (1/2/2 on 3 ranks): the global rows in rank order, and the
+    gradient of a loss of the global rows reaching each rank's own part."""
+    from asvp_fast.loop.models.data_parallel import gather_rows
+    from asvp_fast.loop.models.ranks import rank_part
+
+    whole = torch.arange(15, dtype=torch.float64).reshape(5, 3) / 7
+    weights = torch.linspace(-1, 1, 15, dtype=torch.float64).reshape(5, 3)
+    part = rank_part(whole, group).clone().requires_grad_(True)
+    gathered = gather_rows(part, group)
+    (gathered ** 2 * weights).sum().backward()
+    return gathered.detach(), part.grad.detach(), (2 * whole * weights)
+
+
 def worker(rank, world, port, out_dir):
     torch.set_num_threads(1)
     init_gloo(rank, world, port, seconds=60)
     try:
         result = {"ranks": _ranks(dist.group.WORLD), "loop": _proxy_and_fine_tune(dist.group.WORLD),
-                  "unused_untouched": _unused_parameters(dist.group.WORLD)}
+                  "unused_untouched": _unused_parameters(dist.group.WORLD),
+                  "gathered": _gathered_rows(dist.group.WORLD)}
         if rank == 0:
             result["one"] = _one_process()
             result["loop_one"] = _proxy_and_fine_tune(None)

@@ -48,3 +48,13 @@ def test_the_proxy_and_fine_tuning_train_one_processs_model(results):
 
 def test_parameters_no_forward_uses_do_not_stop_data_parallel_training(results):
     assert all(rank["unused_untouched"] for rank in results)
+
+
+def test_gathered_rows_are_the_global_batch_and_each_part_gets_its_gradient(results):
+    world = len(results)
+    whole = torch.arange(15, dtype=torch.float64).reshape(5, 3) / 7
+    for rank, answers in enumerate(results):
+        gathered, grad, full_grad = answers["gathered"]
+        assert torch.equal(gathered, whole)
+        lo, hi = rank * 5 // world, (rank + 1) * 5 // world
+        assert torch.equal(grad, full_grad[lo:hi])

@@ -25,7 +25,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["GroupBatchNorm", "data_parallel", "global_rows_and_finite", "sum_over_ranks"]
+__all__ = ["GroupBatchNorm", "data_parallel", "gather_rows", "global_rows_and_finite", "sum_over_ranks"]
 
 
 def global_rows_and_finite(local_rows: int, local_loss: torch.Tensor, group: Any, device: torch.device) -> Tuple[int, bool]:
@@ -59,6 +59,39 @@ class _SumOverRanks(torch.autograd.Function):
         out = grad.clone()
         dist.all_reduce(out, group=ctx.group)
         return out, None
+
+
+class _GatherRows(torch.autograd.Function):
+    """Every rank's rows, concatenated in rank order (parts may differ in size). The backward
+    returns this rank's slice of the gradient of *its own* loss: every rank computes the same
+    batch-level loss from the gathered rows, so each rank's rows get that loss's gradient once."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        world = dist.get_world_size(group)
+        sizes = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
+        all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
+        dist.all_gather(all_sizes, sizes, group=group)
+        counts = [int(c.item()) for c in all_sizes]
+        padded = x.new_zeros((max(counts),) + tuple(x.shape[1:]))
+        padded[:x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous(), group=group)
+        rank = dist.get_rank(group)
+        ctx.lo, ctx.hi = sum(counts[:rank]), sum(counts[:rank + 1])
+        return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad[ctx.lo:ctx.hi], None
+
+
+def gather_rows(x: torch.Tensor, group: Any) -> torch.Tensor:
+    """The global batch's rows from every rank's part (``x`` itself without a group), with the
+    gradient of this rank's loss flowing back to its own part (see :class:`_GatherRows`)."""
+    return x if group is None else _GatherRows.apply(x, group)  # type: ignore[no-any-return]
 
 
 def sum_over_ranks(x: torch.Tensor, group: Any) -> torch.Tensor:

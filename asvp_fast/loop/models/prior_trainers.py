@@ -11,6 +11,7 @@ learning rates, cosine schedule, the same batches), plus β times a prior on the
 
 With β = 0 both train exactly the model FT trains. The teachers' features of the labelled rows are
 gathered once per training from the multi-model cache (``job.teacher_features``, pool rows).
+Data-parallel (``job.group``) the prior is computed on the global batch (see :func:`_step_loss`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from ...core.devices import torch_device
 from ...core.progress import task_bar
 from ...transfer.aft import AFTPrior, FeatureRegressionKD
 from .classifier import Classifier
+from .data_parallel import data_parallel, gather_rows, global_rows_and_finite
+from .ranks import rank_and_world
 from .seeding import seeded_torch
-from .trainers import (CollateWithPositions, NoSingletonBatches, PositionedRows, Trainer, TrainingDiverged, TrainJob,
-                       register_trainer)
+from .trainers import (CollateWithPositions, NoSingletonBatches, PositionedRows, RankParts, Trainer, TrainingDiverged,
+                       TrainJob, register_trainer)
 
 
 def labelled_teacher_features(job: TrainJob, mode: str) -> np.ndarray:
@@ -79,10 +82,27 @@ def train_with_prior(job: TrainJob, mode: str) -> Tuple[Classifier, nn.Module]:
     return model.eval(), prior.eval()
 
 
+class _Student(nn.Module):
+    """The model as one module returning (φ, logits), with the head's dropout: what DDP wraps."""
+
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+        model = self.model
+        phi = model.backbone(batch).float()
+        dropped = nn.functional.dropout(phi, model.head_dropout, training=True) if model.head_dropout > 0 else phi
+        return phi, model.head(dropped)
+
+
 def _fit(model: Classifier, prior: nn.Module, teacher: torch.Tensor, job: TrainJob, mode: str, device: torch.device) -> None:
     config = job.config
     if config.epochs <= 0:
         return
+    group, world = job.group, rank_and_world(job.group)[1]
+    if len(job.rows) < world:
+        raise ValueError(f"data-parallel training on {world} ranks needs at least {world} labelled rows, got {len(job.rows)}")
     groups = [{"params": list(model.head.parameters()), "lr": config.head_lr}]
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
     if backbone_params:
@@ -90,10 +110,13 @@ def _fit(model: Classifier, prior: nn.Module, teacher: torch.Tensor, job: TrainJ
     opt = torch.optim.SGD(groups, lr=config.head_lr, momentum=config.momentum, weight_decay=config.weight_decay)
     prior_params = [p for p in prior.parameters() if p.requires_grad]
     prior_opt: Optional[torch.optim.Optimizer] = torch.optim.Adam(prior_params, lr=config.prior_lr) if prior_params else None
-    # exactly FineTune's batches: the same generator, sampler and DataLoader draws
+    # exactly FineTune's batches: the same generator, sampler and DataLoader draws (data-parallel:
+    # every rank draws them and trains on its part)
     gen = torch.Generator().manual_seed(int(job.seed) + 2)
     data = PositionedRows(job.pool, job.rows, job.labels)
-    batches = NoSingletonBatches(RandomSampler(data, generator=gen), config.batch_size)
+    batches: Any = NoSingletonBatches(RandomSampler(data, generator=gen), config.batch_size, min_last=world)
+    if group is not None:
+        batches = RankParts(batches, group)
     loader = DataLoader(data, batch_sampler=batches, generator=gen, collate_fn=CollateWithPositions(job.collate),
                         num_workers=config.num_workers, pin_memory=device.type == "cuda")
     steps = config.epochs * len(loader)
@@ -101,36 +124,63 @@ def _fit(model: Classifier, prior: nn.Module, teacher: torch.Tensor, job: TrainJ
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     bar: Any = task_bar(steps, mode, job.progress, unit="step")
+    student = _Student(model)
     model.train()
-    for epoch in range(config.epochs):
-        for batch, y, index in loader:
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                phi = model.backbone(model.backbone.to_device(batch, device)).float()
-                dropped = nn.functional.dropout(phi, model.head_dropout, training=True) if model.head_dropout > 0 else phi
-                task = nn.functional.cross_entropy(model.head(dropped), y.to(device))
-            loss = task + config.beta * prior(phi, teacher[index.to(device)]) if config.beta > 0 else task
-            if not use_amp and not bool(torch.isfinite(loss)):
-                raise TrainingDiverged(f"{mode.upper()} training diverged in epoch {epoch + 1}: the loss is "
-                                       f"{float(loss.detach())}; lower training.head_lr / backbone_lr / beta")
-            opt.zero_grad(set_to_none=True)
-            if prior_opt is not None:
-                prior_opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            if prior_opt is not None and config.beta > 0:
-                scaler.step(prior_opt)
-            scaler.update()
-            sched.step()
-            if bar is not None:
-                bar.update(1)
+    with data_parallel(student, group, device) as net:
+        for epoch in range(config.epochs):
+            for batch, y, index in loader:
+                loss = _step_loss(net, model, prior, teacher, batch, y, index, config, group, device, use_amp)
+                if not use_amp and not bool(torch.isfinite(loss)):
+                    raise TrainingDiverged(f"{mode.upper()} training diverged in epoch {epoch + 1}: the loss is "
+                                           f"{float(loss.detach())}; lower training.head_lr / backbone_lr / beta")
+                opt.zero_grad(set_to_none=True)
+                if prior_opt is not None:
+                    prior_opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if group is not None:  # every rank's identical prior loss was scaled by the rank count
+                    for p in prior_params:
+                        if p.grad is not None:
+                            p.grad.div_(world)
+                scaler.step(opt)
+                if prior_opt is not None and config.beta > 0:
+                    scaler.step(prior_opt)
+                scaler.update()
+                sched.step()
+                if bar is not None:
+                    bar.update(1)
     if bar is not None:
         bar.close()
+
+
+def _step_loss(net: nn.Module, model: Classifier, prior: nn.Module, teacher: torch.Tensor, batch: Any, y: torch.Tensor,
+               index: torch.Tensor, config: Any, group: Any, device: torch.device, use_amp: bool) -> torch.Tensor:
+    """The batch's task loss plus β · the prior.
+
+    Data-parallel: the task loss is this rank's sum scaled so that DDP's average is the global
+    batch's mean; the prior compares the rows of the *global* batch (AFT's kernels span it), so
+    every rank gathers φ (its own rows keep their gradient) and the teachers' rows, computes the
+    same prior, and scales it by the rank count (DDP divides by it; the prior's own parameters,
+    outside DDP, are scaled back after the backward pass)."""
+    world = rank_and_world(group)[1]
+    with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+        phi, logits = net(model.backbone.to_device(batch, device))
+        y = y.to(device)
+        task = nn.functional.cross_entropy(logits, y, reduction="mean" if group is None else "sum")
+    if group is not None:
+        rows, finite = global_rows_and_finite(len(y), task, group, device)
+        task = task * (world / rows) if finite else task * float("nan")
+    if not config.beta > 0:
+        return task
+    phi_all = gather_rows(phi, group)
+    index_all = gather_rows(index.to(device), group)
+    return task + config.beta * world * prior(phi_all, teacher[index_all])
 
 
 class AFTTrainer(Trainer):
     """AFT: fine-tuning plus β · the adaptive feature-transfer prior toward ``training.teachers``."""
 
     needs_teachers = True
+    data_parallel = True
 
     def train(self, job: TrainJob) -> Classifier:
         return train_with_prior(job, "aft")[0]
@@ -140,6 +190,7 @@ class KDTrainer(Trainer):
     """KD (feature regression): fine-tuning plus β · MSE of a linear map from φ to the teachers' features."""
 
     needs_teachers = True
+    data_parallel = True
 
     def train(self, job: TrainJob) -> Classifier:
         return train_with_prior(job, "kd")[0]
