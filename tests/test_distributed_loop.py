@@ -176,13 +176,40 @@ def test_a_failing_rank_stops_every_rank_with_a_clear_error(tmp_path):
     assert [r["stage"] for r in state["methods"]["svpp"]] == ["done"]
 
 
-def test_trainers_that_do_not_train_data_parallel_are_refused_before_any_work(tmp_path):
-    config = _config(tmp_path / "run.toml", methods='[{ method = "svpp", name = "svpp-kd", training = "kd" }]')
-    config.write_text(config.read_text().replace("[training]\n", '[training]\nteachers = ["all-MiniLM-L6-v2"]\n'))
-    done = _torchrun(2, config, tmp_path / "out")
+PLUGIN_HOOK = """from asvp_fast.loop import register_method
+from asvp_fast.loop.methods.random import RandomMethod
+from asvp_fast.loop.models.trainers import FineTune, register_trainer
+
+
+class Mine(RandomMethod):
+    distributed = False  # a user's method that has not declared it runs on shards
+
+
+class MyTrainer(FineTune):
+    data_parallel = False  # a user's trainer that has not declared it trains data-parallel
+
+
+register_method("mine", Mine)
+register_trainer("my-ft", MyTrainer)
+"""
+
+
+@pytest.mark.parametrize("methods, words", [
+    ('["mine"]', "method 'mine' does not run under torchrun"),
+    ('[{ method = "random", training = "my-ft" }]', "trains with 'my-ft', which does not train data-parallel yet"),
+])
+def test_methods_and_trainers_that_do_not_declare_it_are_refused_before_any_work(tmp_path, methods, words):
+    """A user's method or trainer must declare that it runs distributed (``Method.distributed``,
+    ``Trainer.data_parallel``); otherwise a torchrun run stops before any work, naming it."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(PLUGIN_HOOK)
+    config = _config(tmp_path / "run.toml", methods=methods)
+    paths = [str(hook)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    done = _torchrun(2, config, tmp_path / "out", env={"PYTHONPATH": os.pathsep.join(paths)})
     assert done.returncode != 0  # torchrun's own code for a failed worker (the workers exit with 2)
     assert "exitcode  : 2" in done.stderr
-    assert "trains with 'kd', which does not train data-parallel yet" in done.stderr and "'ft'" in done.stderr
+    assert words in done.stderr
     assert not (tmp_path / "out" / "state.json").exists()
 
 
