@@ -88,16 +88,32 @@ def _outcome(state_path: Path):
     return rounds, state["labels"]
 
 
+def _run_one_process(config: Path, out: Path) -> None:
+    """The reference: ``config`` on this process, with the ranks' one thread (the same float
+    summation order in BLAS), the caller's thread count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(load_config(config), out, echo=lambda *a, **k: None, report=False)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _hook_env(tmp_path: Path, source: str) -> dict:
+    """A ``sitecustomize`` module with ``source`` that every rank imports at start (how a test
+    registers plugins or injects a failure in the ranks), as the environment to launch with."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(source)
+    paths = [str(hook)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    return {"PYTHONPATH": os.pathsep.join(paths)}
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     """The reference: the same config on one process (in this interpreter, one thread)."""
     path = _config(tmp_path_factory.mktemp("one") / "run.toml")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the ranks' thread count: the same float summation order in BLAS
-    try:
-        run(load_config(path), path.parent / "out", echo=lambda *a, **k: None, report=False)
-    finally:
-        torch.set_num_threads(before)
+    _run_one_process(path, path.parent / "out")
     return _outcome(path.parent / "out" / "state.json")
 
 
@@ -150,22 +166,18 @@ def test_a_failing_rank_stops_every_rank_with_a_clear_error(tmp_path):
     """Rank 1 fails inside its proxy training (an unreadable feature row, simulated); rank 0
     must not hang in the next collective but stop with an error naming the stage."""
     config = _config(tmp_path / "run.toml", methods='["svpp"]')
-    (tmp_path / "hook").mkdir()
-    hook = tmp_path / "hook" / "sitecustomize.py"
-    hook.write_text(
-        "import os\n"
-        "if os.environ.get('RANK') == '1':\n"
-        "    import asvp_fast.loop.models.proxy as proxy\n"
-        "    def broken(*args, **kwargs):\n"
-        "        raise OSError('simulated: a feature shard cannot be read on rank 1')\n"
-        "    proxy.train_proxy = broken\n"
-        "    import asvp_fast.loop.selection.selectors as selectors\n"
-        "    selectors.train_proxy = broken\n")
+    failure = ("import os\n"
+               "if os.environ.get('RANK') == '1':\n"
+               "    import asvp_fast.loop.models.proxy as proxy\n"
+               "    def broken(*args, **kwargs):\n"
+               "        raise OSError('simulated: a feature shard cannot be read on rank 1')\n"
+               "    proxy.train_proxy = broken\n"
+               "    import asvp_fast.loop.selection.selectors as selectors\n"
+               "    selectors.train_proxy = broken\n")
     # torchrun checks its workers every 10 s here, so it does not stop rank 0 before rank 0 has
     # met the failure itself (it would, within its default 0.1 s, once rank 1 exits)
-    paths = [str(tmp_path / "hook")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-    done = _torchrun(2, config, tmp_path / "out", env={"PYTHONPATH": os.pathsep.join(paths),
-                                                       "ASVP_DIST_TIMEOUT_S": "60"}, launcher=("--monitor-interval=10",))
+    done = _torchrun(2, config, tmp_path / "out", env={**_hook_env(tmp_path, failure), "ASVP_DIST_TIMEOUT_S": "60"},
+                     launcher=("--monitor-interval=10",))
     assert done.returncode != 0
     assert "simulated: a feature shard cannot be read on rank 1" in done.stderr
     # rank 0 did not hang: it stopped at its next collective, naming the stage
@@ -201,12 +213,8 @@ register_trainer("my-ft", MyTrainer)
 def test_methods_and_trainers_that_do_not_declare_it_are_refused_before_any_work(tmp_path, methods, words):
     """A user's method or trainer must declare that it runs distributed (``Method.distributed``,
     ``Trainer.data_parallel``); otherwise a torchrun run stops before any work, naming it."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(PLUGIN_HOOK)
     config = _config(tmp_path / "run.toml", methods=methods)
-    paths = [str(hook)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-    done = _torchrun(2, config, tmp_path / "out", env={"PYTHONPATH": os.pathsep.join(paths)})
+    done = _torchrun(2, config, tmp_path / "out", env=_hook_env(tmp_path, PLUGIN_HOOK))
     assert done.returncode != 0  # torchrun's own code for a failed worker (the workers exit with 2)
     assert "exitcode  : 2" in done.stderr
     assert words in done.stderr
@@ -240,12 +248,7 @@ batch_size = 256
 proxy = "replicated"
 target = "replicated"
 ''')
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run(load_config(config), tmp_path / "one", echo=lambda *a, **k: None, report=False)
-    finally:
-        torch.set_num_threads(before)
+    _run_one_process(config, tmp_path / "one")
     done = _torchrun(2, config, tmp_path / "two")
     assert done.returncode == 0, done.stderr[-4000:]
     assert _outcome(tmp_path / "two" / "state.json") == _outcome(tmp_path / "one" / "state.json")
@@ -300,12 +303,7 @@ def test_prunefuse_and_svp_net_run_on_two_ranks_as_on_one(tmp_path):
     every round equals the 1-process run; every saved network is written once."""
     config = tmp_path / "pf.toml"
     config.write_text(PRUNEFUSE)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run(load_config(config), tmp_path / "one", echo=lambda *a, **k: None, report=False)
-    finally:
-        torch.set_num_threads(before)
+    _run_one_process(config, tmp_path / "one")
     done = _torchrun(2, config, tmp_path / "two")
     assert done.returncode == 0, done.stderr[-4000:]
     assert _outcome(tmp_path / "two" / "state.json") == _outcome(tmp_path / "one" / "state.json")
@@ -329,23 +327,15 @@ def test_aft_and_kd_run_under_torchrun(tmp_path, training):
     here (replicated: bit for bit by construction)."""
     from asvp_fast.loop.models.teachers import TEACHERS
 
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(TEACHER_HOOK)  # the teachers, registered in every rank
+    env = _hook_env(tmp_path, TEACHER_HOOK)  # the teachers, registered in every rank
     exec(TEACHER_HOOK, {})  # ... and here, for the 1-process run
     try:
         config = _config(tmp_path / "aft.toml", methods='[{ method = "random", training = "aft" }, '
                                                          '{ method = "svpp", training = "kd" }]')
         text = config.read_text().replace("[training]\n", '[training]\nteachers = ["mlp-a", "mlp-b"]\nbeta = 2.0\n')
         config.write_text(text + f'[distributed]\ntarget = "{training}"\n')
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            run(load_config(config), tmp_path / "one", echo=lambda *a, **k: None, report=False)
-        finally:
-            torch.set_num_threads(before)
-        paths = [str(hook)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-        done = _torchrun(2, config, tmp_path / "two", env={"PYTHONPATH": os.pathsep.join(paths)})
+        _run_one_process(config, tmp_path / "one")
+        done = _torchrun(2, config, tmp_path / "two", env=env)
         assert done.returncode == 0, done.stderr[-4000:]
         assert _outcome(tmp_path / "two" / "state.json") == _outcome(tmp_path / "one" / "state.json")
         assert sorted(p.name for p in (tmp_path / "two" / "cache" / "teachers").iterdir()) == ["mlp-a", "mlp-b"]
