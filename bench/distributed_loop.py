@@ -2,9 +2,10 @@
 
     PYTHONPATH=. python bench/distributed_loop.py [--pool 20000] [--ranks 2] [--threads 1]
 
-Runs the same config twice, as users do — ``python -m asvp_fast run`` on one process and
-``torchrun --standalone --nproc-per-node R -m asvp_fast run`` — each rank with ``--threads``
-threads, and prints two markdown tables (for bench/RESULTS.md): wall time, the pool's feature
+Runs the same config three times, as users do — ``python -m asvp_fast run`` on one process, and
+``torchrun --standalone --nproc-per-node R -m asvp_fast run`` with data-parallel training and with
+``[distributed] proxy = target = "replicated"`` — each rank with ``--threads`` threads, and
+prints two markdown tables (for bench/RESULTS.md): wall time, the pool's feature
 extraction, the selection and training times summed over rounds (rank 0's, from state.json); and
 per method, in how many rounds both runs bought the same rows (in the same order, or as a set)
 and the largest accuracy difference. On a machine with fewer cores
@@ -74,28 +75,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "loop.toml"
         config.write_text(CONFIG.format(pool=args.pool))
+        replicated = Path(tmp) / "replicated.toml"
+        replicated.write_text(CONFIG.format(pool=args.pool) + '[distributed]\nproxy = "replicated"\ntarget = "replicated"\n')
         rows = []
-        for ranks in (1, args.ranks):
-            out = Path(tmp) / f"r{ranks}"
+        for ranks, training, cfg in ((1, "—", config), (args.ranks, "ddp", config), (args.ranks, "replicated", replicated)):
+            out = Path(tmp) / f"r{ranks}-{training}"
             launch = [sys.executable, "-m", "asvp_fast"] if ranks == 1 else \
                 [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", "-m", "asvp_fast"]
-            wall = _run(launch + ["run", str(config), "-o", str(out), "--no-progress"], args.threads)
-            rows.append((ranks, wall, _summary(out / "state.json")))
+            wall = _run(launch + ["run", str(cfg), "-o", str(out), "--no-progress"], args.threads)
+            rows.append((ranks, training, wall, _summary(out / "state.json")))
     print(f"synthetic case, pool {args.pool:,} x 64 (features 64), 10 classes; methods svpp (margin), svpp-coreset, "
           f"standard; 200 -> 800 labels in 4 rounds; {args.threads} thread(s) per process, {os.cpu_count()} logical cores\n")
-    print("| processes | wall s | extraction s | selection s (all rounds) | training s (all rounds) |")
-    print("|---:|---:|---:|---:|---:|")
-    for ranks, wall, s in rows:
-        print(f"| {ranks} | {wall:.1f} | {s['extract']:.2f} | {s['select']:.2f} | {s['train']:.2f} |")
-    print(f"\n| method | rounds with the same rows in the same order | same set of rows | largest accuracy difference |")
-    print("|---|---:|---:|---:|")
-    one, many = rows[0][2]["outcome"], rows[1][2]["outcome"]
-    for name in one:
-        pairs = list(zip(one[name], many[name]))
-        order = sum(a[0] == b[0] for a, b in pairs)
-        sets = sum(set(a[0]) == set(b[0]) for a, b in pairs)
-        gap = max(abs((a[1] or 0) - (b[1] or 0)) for a, b in pairs)
-        print(f"| {name} | {order} / {len(pairs)} | {sets} / {len(pairs)} | {gap:.4f} |")
+    print("| processes | training | wall s | extraction s | selection s (all rounds) | training s (all rounds) |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for ranks, training, wall, s in rows:
+        print(f"| {ranks} | {training} | {wall:.1f} | {s['extract']:.2f} | {s['select']:.2f} | {s['train']:.2f} |")
+    print("\n| method | training | rounds with the same rows in the same order | same set of rows | largest accuracy difference |")
+    print("|---|---|---:|---:|---:|")
+    one = rows[0][3]["outcome"]
+    for _, training, _, summary in rows[1:]:
+        for name in one:
+            pairs = list(zip(one[name], summary["outcome"][name]))
+            order = sum(a[0] == b[0] for a, b in pairs)
+            sets = sum(set(a[0]) == set(b[0]) for a, b in pairs)
+            gap = max(abs((a[1] or 0) - (b[1] or 0)) for a, b in pairs)
+            print(f"| {name} | {training} | {order} / {len(pairs)} | {sets} / {len(pairs)} | {gap:.4f} |")
 
 
 if __name__ == "__main__":
