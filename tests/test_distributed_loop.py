@@ -321,10 +321,10 @@ register_teacher("mlp-b", lambda: TinyMLPBackbone(16, 5, seed=12))
 
 @pytest.mark.parametrize("training", ["ddp", "replicated"])
 def test_aft_and_kd_run_under_torchrun(tmp_path, training):
-    """The AFT and KD trainers under torchrun: rank 0 extracts the teachers' features once, every
-    rank reads them; data-parallel, each rank gathers the global batch's φ and teacher rows so
-    AFT's kernels span the global batch as on one process. Both settings equal the 1-process run
-    here (replicated: bit for bit by construction)."""
+    """The AFT and KD trainers under torchrun: each rank extracts its shard of every teacher's
+    features; data-parallel, each rank gathers the global batch's φ and teacher rows so AFT's
+    kernels span the global batch as on one process. Both settings equal the 1-process run here
+    (replicated: bit for bit by construction), and a one-process run reads the sharded teachers."""
     from asvp_fast.loop.models.teachers import TEACHERS
 
     env = _hook_env(tmp_path, TEACHER_HOOK)  # the teachers, registered in every rank
@@ -338,7 +338,14 @@ def test_aft_and_kd_run_under_torchrun(tmp_path, training):
         done = _torchrun(2, config, tmp_path / "two", env=env)
         assert done.returncode == 0, done.stderr[-4000:]
         assert _outcome(tmp_path / "two" / "state.json") == _outcome(tmp_path / "one" / "state.json")
-        assert sorted(p.name for p in (tmp_path / "two" / "cache" / "teachers").iterdir()) == ["mlp-a", "mlp-b"]
+        teachers = tmp_path / "two" / "cache" / "teachers"
+        assert sorted(p.name for p in teachers.iterdir()) == ["mlp-a", "mlp-b"]
+        assert (teachers / "mlp-a" / "pool.v0.shards.json").exists()  # extracted by shards
+        # a one-process run sharing that teachers' cache reads the shards as they are
+        config.write_text(config.read_text().replace("[cache]\n", "") + f"[cache]\nteachers_dir = '{teachers}'\n")
+        _run_one_process(config, tmp_path / "three")
+        assert not list((teachers / "mlp-a").glob("pool.v0.manifest.json"))
+        assert _outcome(tmp_path / "three" / "state.json") == _outcome(tmp_path / "one" / "state.json")
     finally:
         TEACHERS.pop("mlp-a", None)
         TEACHERS.pop("mlp-b", None)

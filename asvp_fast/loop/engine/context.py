@@ -24,6 +24,7 @@ from ..models.ranks import barrier, from_root, rank_and_world, shard_range, stag
 from ..storage.cache import FeatureCache
 from ..storage.manifest import weights_digest
 from ..storage.sharded_cache import ShardedFeatureCache, shard_bounds
+from ..models.teachers import make_teacher, teacher_collate
 from ..storage.teachers import ConcatenatedFeatures, MultiModelCache
 from .config import CASE_IN_CODE, ConfigError, RunConfig
 from .state import RunState
@@ -75,20 +76,23 @@ class RunContext:
     def needs_embedding(self) -> bool:
         return self.config.selection.strategy in EMBEDDING_STRATEGIES
 
-    def extract(self, cache: FeatureCache, backbone: Backbone, *, version: int, backbone_id: Optional[str] = None) -> np.ndarray:
+    def extract(self, cache: FeatureCache, backbone: Backbone, *, version: int, backbone_id: Optional[str] = None,
+                collate: Any = None) -> np.ndarray:
         """The pool's features under ``backbone`` in ``cache`` (extracted, or resumed, or read). In a
         distributed run each rank extracts its shard and gets a view of the whole pool. A finished
         version with these very weights is read whichever layout wrote it (one process or any
-        number of ranks), so a run resumes with another number of ranks without extracting again."""
+        number of ranks), so a run resumes with another number of ranks without extracting again.
+        ``collate``: the backbone's own batch maker (a teacher's), default the case's."""
+        collate = self.case.collate if collate is None else collate
         # one process reads (and checks) its own layout in cache.extract below; only the other
         # layout is looked up here
         done = self._finished(cache, backbone, version, plain=self.group is not None)
         if done is not None:
             return done
         if self.group is not None:
-            return self._extract_sharded(cache, backbone, version=version, backbone_id=backbone_id)
+            return self._extract_sharded(cache, backbone, version=version, backbone_id=backbone_id, collate=collate)
         c = self.config.cache
-        return cache.extract(backbone, self.case.pool, self.case.collate, split="pool", dataset_id=self.case.dataset_id,
+        return cache.extract(backbone, self.case.pool, collate, split="pool", dataset_id=self.case.dataset_id,
                              version=version, backbone_id=backbone_id, dtype=c.dtype, batch_size=c.batch_size,
                              num_workers=c.num_workers, device=c.device, lengths=self.case.pool_lengths,
                              progress=self.progress)
@@ -108,7 +112,7 @@ class RunContext:
         return None
 
     def _extract_sharded(self, cache: FeatureCache, backbone: Backbone, *, version: int,
-                         backbone_id: Optional[str]) -> Any:
+                         backbone_id: Optional[str], collate: Any) -> Any:
         sharded = ShardedFeatureCache(cache.root, replace_stale=cache.replace_stale)
         rank, world = rank_and_world(self.group)
         n = self.n_pool
@@ -116,7 +120,7 @@ class RunContext:
         lo, hi = shard_bounds(n, world)[rank:rank + 2]
         lengths = None if self.case.pool_lengths is None else np.asarray(self.case.pool_lengths)[lo:hi]
         with stage(self.group, f"feature extraction (cache version {version})"):
-            sharded.extract_shard(backbone, self.case.pool, self.case.collate, split="pool",
+            sharded.extract_shard(backbone, self.case.pool, collate, split="pool",
                                   dataset_id=self.case.dataset_id, rank=rank, world=world, version=version,
                                   backbone_id=backbone_id, dtype=c.dtype, batch_size=c.batch_size,
                                   num_workers=c.num_workers, device=c.device, lengths=lengths, progress=self.progress)
@@ -152,27 +156,37 @@ class RunContext:
 
     def teacher_features(self) -> ConcatenatedFeatures:
         """The pool features of ``training.teachers`` (AFT/KD), extracted once into the multi-model
-        cache (``cache.teachers_dir``, default ``<run dir>/cache/teachers``) and memory-mapped."""
+        cache (``cache.teachers_dir``, default ``<run dir>/cache/teachers``) and memory-mapped; in a
+        distributed run each rank extracts its shard of every teacher."""
         if self._teachers is None:
             c = self.config.cache
             root = Path(self.config.base_dir) / c.teachers_dir if c.teachers_dir else self.run_dir / "cache" / "teachers"
             start = time.perf_counter()
 
-            def extract() -> ConcatenatedFeatures:
-                return MultiModelCache(root).extract(
-                    self.config.training.teachers, self.case.pool, self.case.collate, split="pool",
-                    dataset_id=self.case.dataset_id, lengths=self.case.pool_lengths, dtype=c.dtype,
-                    batch_size=c.batch_size, num_workers=c.num_workers, device=c.device, progress=self.progress)
-
-            def extract_on_root() -> None:
-                extract()
-
-            if self.group is not None:  # rank 0 extracts the whole pool (not sharded yet); the others then read it
-                from_root(self.group, "extracting the teachers' features", extract_on_root)
-            self._teachers = extract()
+            teachers = self.config.training.teachers
+            if self.group is not None or any(ShardedFeatureCache(root / t).has("pool", 0) for t in teachers):
+                self._teachers = self._teacher_features_by_shards(root)
+            else:
+                self._teachers = MultiModelCache(root).extract(
+                    teachers, self.case.pool, self.case.collate, split="pool", dataset_id=self.case.dataset_id,
+                    lengths=self.case.pool_lengths, dtype=c.dtype, batch_size=c.batch_size,
+                    num_workers=c.num_workers, device=c.device, progress=self.progress)
             # saved with the next state save (0 when the features were already extracted)
             self.state.stages.setdefault("extract_teachers_s", round(time.perf_counter() - start, 3))
         return self._teachers
+
+    def _teacher_features_by_shards(self, root: Path) -> ConcatenatedFeatures:
+        """Each teacher's features through :meth:`extract`: sharded over the ranks in a distributed
+        run, and a finished cache of either layout read as it is (a run resumed on one process
+        reads what its ranks extracted, and the other way round)."""
+        parts = []
+        names = list(self.config.training.teachers)
+        for name in names:
+            teacher = make_teacher(name)
+            parts.append(self.extract(MultiModelCache(root).cache(name), teacher, version=0,
+                                      collate=teacher_collate(teacher, self.case.collate)))
+            del teacher
+        return ConcatenatedFeatures(parts, names)
 
     def train(self, rows: np.ndarray, mode: str) -> Classifier:
         """The target model trained on ``rows`` (seeded by the label count: methods share round 0)."""
